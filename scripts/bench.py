@@ -169,7 +169,7 @@ class JaxSide:
     from mlc_jax.parallel.mesh import make_mesh
     from mlc_jax.train.objective import Objective
     from mlc_jax.train.state import init_train_state
-    from mlc_jax.train.step import batch_sharding, make_logps_fn, make_train_step, to_device
+    from mlc_jax.train.step import batch_sharding, make_reference_fn, make_train_step, to_device
 
     self.setting, self.with_mlc = setting, setting == "mlc"
     self.cfg = model_config()
@@ -180,7 +180,7 @@ class JaxSide:
     self.step = make_train_step(self.built, self.obj, aux_every=1, mesh=self.mesh)
     self.sharding = batch_sharding(self.mesh, accumulated=True)
     # Precomputed reference log-probs of the initial weights (outside the timed step, as on the TRL side).
-    logps = make_logps_fn(self.built, self.obj, self.mesh)
+    logps = make_reference_fn(self.built, self.obj, self.mesh)
     self.batches = jax_batches(data, shape, self.with_mlc)
     for b in self.batches:
       seq = {k: v for k, v in b.items() if k.startswith(("chosen", "rejected"))}

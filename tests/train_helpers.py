@@ -49,3 +49,14 @@ def train_in_process(config, mesh, steps):
                                               batch_sharding(mesh, accumulated=True)))
     history.append(jax.device_get(metrics))
   return jax.tree.map(np.asarray, jax.device_get(state.params)), history
+
+
+def numpy_logps(logits, ids, loss_mask):
+  """Summed and mean log-probs `[B]` of the masked tokens from full-vocabulary logits (float64 NumPy)."""
+  x = np.asarray(logits, np.float64)
+  x = x - x.max(-1, keepdims=True)
+  lp = (x - np.log(np.exp(x).sum(-1, keepdims=True)))[:, :-1]
+  token = np.take_along_axis(lp, ids[:, 1:, None], -1)[..., 0]
+  mask = loss_mask[:, 1:].astype(bool)
+  summed = (token * mask).sum(-1)
+  return summed, summed / mask.sum(-1)

@@ -1,10 +1,11 @@
-"""Tokenisation of preference examples into fixed-shape arrays, and a resumable shuffling batch iterator.
+"""Tokenisation of preference examples into fixed-shape arrays.
 
 Each example becomes one chosen and one rejected sequence of length ``T = max_prompt_len + max_response_len``
 (the chat-rendered pair prompt, then the response and its end-of-sequence token, right padded) and ``L``
 short MLC prompt variants of length ``P = mlc_prompt_len`` (the same request in each language, rendered up
 to and including the assistant header, right padded), so the last real token of every variant is the
-generation prompt's last token (DESIGN.md §2.1, §4).
+generation prompt's last token (DESIGN.md §2.1, §4). An MPO example (§2.2) becomes two such pairs, one in
+the target language and one in the dominant language, and no prompt variants.
 """
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ from collections.abc import Sequence
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from mlc_jax.data.preferences import PreferenceExample
+from mlc_jax.data.preferences import MpoExample, PreferenceExample
 
-BATCH_KEYS = (
-    "chosen_ids", "chosen_mask", "chosen_loss_mask",
-    "rejected_ids", "rejected_mask", "rejected_loss_mask",
-    "prompt_ids", "prompt_mask", "index",
-)
+PAIR_KEYS = ("chosen_ids", "chosen_mask", "chosen_loss_mask", "rejected_ids", "rejected_mask", "rejected_loss_mask")
+DOMINANT_PAIR_KEYS = tuple(f"dominant_{k}" for k in PAIR_KEYS)
+PROMPT_KEYS = ("prompt_ids", "prompt_mask")
+BATCH_KEYS = (*PAIR_KEYS, *PROMPT_KEYS, "pair_language", "index")
+MPO_BATCH_KEYS = (*PAIR_KEYS, *DOMINANT_PAIR_KEYS, "pair_language", "index")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,7 @@ class TokenizedData:
       response tokens (its end-of-sequence included).
     rejected_ids, rejected_mask, rejected_loss_mask: `[N, T]`, likewise.
     prompt_ids, prompt_mask: `[N, L, P]`, the prompt in each language of ``languages``.
+    pair_language: `[N]`, the index in ``languages`` of the language the pair is written in.
     index: `[N]`, each example's position in its dataset.
     languages: the L language codes, in the order of ``prompt_ids``' second axis.
     truncation: how many were cut: ``prompt`` (pair prompts), ``chosen`` / ``rejected`` (responses),
@@ -65,9 +67,50 @@ class TokenizedData:
   rejected_loss_mask: np.ndarray
   prompt_ids: np.ndarray
   prompt_mask: np.ndarray
+  pair_language: np.ndarray
   index: np.ndarray
   languages: tuple[str, ...]
   truncation: dict[str, int]
+  batch_keys = BATCH_KEYS
+
+  def __len__(self) -> int:
+    return self.index.shape[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class MpoTokenizedData:
+  """An MPO dataset as int32 arrays (N examples, pair length T).
+
+  Attributes:
+    chosen_*, rejected_*: `[N, T]`, the pair in the target language (as in `TokenizedData`).
+    dominant_chosen_*, dominant_rejected_*: `[N, T]`, the same pair in the dominant language.
+    pair_language: `[N]`, the index of each target language in ``languages``.
+    dominant_language: `[N]`, the index of each dominant language in ``dominant_languages``.
+    index: `[N]`, each example's position in its dataset.
+    languages, dominant_languages: the target and dominant language codes present, in first-seen order.
+    truncation: cut pair prompts and responses per side (``prompt``, ``chosen``, ``rejected``,
+      ``dominant_prompt``, ``dominant_chosen``, ``dominant_rejected``).
+  """
+
+  chosen_ids: np.ndarray
+  chosen_mask: np.ndarray
+  chosen_loss_mask: np.ndarray
+  rejected_ids: np.ndarray
+  rejected_mask: np.ndarray
+  rejected_loss_mask: np.ndarray
+  dominant_chosen_ids: np.ndarray
+  dominant_chosen_mask: np.ndarray
+  dominant_chosen_loss_mask: np.ndarray
+  dominant_rejected_ids: np.ndarray
+  dominant_rejected_mask: np.ndarray
+  dominant_rejected_loss_mask: np.ndarray
+  pair_language: np.ndarray
+  dominant_language: np.ndarray
+  index: np.ndarray
+  languages: tuple[str, ...]
+  dominant_languages: tuple[str, ...]
+  truncation: dict[str, int]
+  batch_keys = MPO_BATCH_KEYS
 
   def __len__(self) -> int:
     return self.index.shape[0]
@@ -94,6 +137,42 @@ def _right_pad(rows: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[
   return ids, mask
 
 
+def _token_ids(tokenizer: PreTrainedTokenizerBase) -> tuple[int, int]:
+  """(pad id, eos id): padding uses the tokenizer's pad id, or its eos id when it has none."""
+  eos_id = tokenizer.eos_token_id
+  if eos_id is None:
+    raise ValueError("tokenizer has no eos token; responses must end with one")
+  return (tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id), eos_id
+
+
+def _tokenize_pairs(examples: Sequence[PreferenceExample], tokenizer: PreTrainedTokenizerBase,
+                    limits: SequenceLimits, truncation: dict[str, int], *, pad_id: int, eos_id: int,
+                    prefix: str = "") -> dict[str, np.ndarray]:
+  """`{prefix}{chosen,rejected}_{ids,mask,loss_mask}` `[N, T]` for the pairs; counts cuts in ``truncation``.
+
+  Each sequence is the pair prompt (in ``pair_language``, its last ``max_prompt_len`` tokens), then the
+  response and its end-of-sequence token (its first ``max_response_len`` tokens), right padded to T.
+  """
+  pair_prompts = []
+  for ids in _render_prompts(tokenizer, [ex.prompts[ex.pair_language] for ex in examples]):
+    truncation[f"{prefix}prompt"] += len(ids) > limits.max_prompt_len
+    pair_prompts.append(ids[-limits.max_prompt_len :])
+  out = {}
+  for field in ("chosen", "rejected"):
+    sequences, loss_rows = [], []
+    texts = [getattr(ex, field) for ex in examples]
+    for prompt, text_ids in zip(pair_prompts, tokenizer(texts, add_special_tokens=False)["input_ids"]):
+      response = list(text_ids) + [eos_id]
+      truncation[f"{prefix}{field}"] += len(response) > limits.max_response_len
+      response = response[: limits.max_response_len]
+      sequences.append(prompt + response)
+      loss_rows.append([0] * len(prompt) + [1] * len(response))
+    name = f"{prefix}{field}"
+    out[f"{name}_ids"], out[f"{name}_mask"] = _right_pad(sequences, limits.pair_len, pad_id)
+    out[f"{name}_loss_mask"], _ = _right_pad(loss_rows, limits.pair_len, 0)
+  return out
+
+
 def tokenize_examples(
     examples: Sequence[PreferenceExample],
     tokenizer: PreTrainedTokenizerBase,
@@ -108,10 +187,7 @@ def tokenize_examples(
   """
   if not examples:
     raise ValueError("tokenize_examples: no examples")
-  eos_id = tokenizer.eos_token_id
-  if eos_id is None:
-    raise ValueError("tokenizer has no eos token; responses must end with one")
-  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id
+  pad_id, eos_id = _token_ids(tokenizer)
   languages = tuple(examples[0].prompts)
   for ex in examples:
     if tuple(ex.prompts) != languages:
@@ -122,24 +198,7 @@ def tokenize_examples(
   n, num_langs = len(examples), len(languages)
   truncation = {"prompt": 0, "chosen": 0, "rejected": 0, "mlc_prompt": 0}
 
-  pair_prompts = []
-  for ids in _render_prompts(tokenizer, [ex.prompts[ex.pair_language] for ex in examples]):
-    truncation["prompt"] += len(ids) > limits.max_prompt_len
-    pair_prompts.append(ids[-limits.max_prompt_len :])
-
-  pairs = {}
-  for field in ("chosen", "rejected"):
-    sequences, loss_rows = [], []
-    texts = [getattr(ex, field) for ex in examples]
-    for prompt, text_ids in zip(pair_prompts, tokenizer(texts, add_special_tokens=False)["input_ids"]):
-      response = list(text_ids) + [eos_id]
-      truncation[field] += len(response) > limits.max_response_len
-      response = response[: limits.max_response_len]
-      sequences.append(prompt + response)
-      loss_rows.append([0] * len(prompt) + [1] * len(response))
-    ids, mask = _right_pad(sequences, limits.pair_len, pad_id)
-    loss_mask, _ = _right_pad(loss_rows, limits.pair_len, 0)
-    pairs[field] = (ids, mask, loss_mask)
+  pairs = _tokenize_pairs(examples, tokenizer, limits, truncation, pad_id=pad_id, eos_id=eos_id)
 
   variants = []
   for ids in _render_prompts(tokenizer, [ex.prompts[lang] for ex in examples for lang in languages]):
@@ -148,20 +207,38 @@ def tokenize_examples(
   prompt_ids, prompt_mask = _right_pad(variants, limits.mlc_prompt_len, pad_id)
 
   return TokenizedData(
-      chosen_ids=pairs["chosen"][0],
-      chosen_mask=pairs["chosen"][1],
-      chosen_loss_mask=pairs["chosen"][2],
-      rejected_ids=pairs["rejected"][0],
-      rejected_mask=pairs["rejected"][1],
-      rejected_loss_mask=pairs["rejected"][2],
+      **pairs,
       prompt_ids=prompt_ids.reshape(n, num_langs, limits.mlc_prompt_len),
       prompt_mask=prompt_mask.reshape(n, num_langs, limits.mlc_prompt_len),
+      pair_language=np.asarray([languages.index(ex.pair_language) for ex in examples], np.int32),
       index=np.asarray([ex.index for ex in examples], np.int32),
       languages=languages,
       truncation=truncation,
   )
 
 
+def tokenize_mpo(examples: Sequence[MpoExample], tokenizer: PreTrainedTokenizerBase,
+                 limits: SequenceLimits) -> MpoTokenizedData:
+  """Tokenizes both pairs of every MPO example (as `tokenize_examples` does its pair; none is dropped)."""
+  if not examples:
+    raise ValueError("tokenize_mpo: no examples")
+  pad_id, eos_id = _token_ids(tokenizer)
+  truncation = {f"{side}{field}": 0 for side in ("", "dominant_") for field in ("prompt", "chosen", "rejected")}
+  target = _tokenize_pairs([ex.target for ex in examples], tokenizer, limits, truncation, pad_id=pad_id,
+                           eos_id=eos_id)
+  dominant = _tokenize_pairs([ex.dominant for ex in examples], tokenizer, limits, truncation, pad_id=pad_id,
+                             eos_id=eos_id, prefix="dominant_")
+  languages = tuple(dict.fromkeys(ex.target.pair_language for ex in examples))
+  dominant_languages = tuple(dict.fromkeys(ex.dominant.pair_language for ex in examples))
+  return MpoTokenizedData(
+      **target, **dominant,
+      pair_language=np.asarray([languages.index(ex.target.pair_language) for ex in examples], np.int32),
+      dominant_language=np.asarray([dominant_languages.index(ex.dominant.pair_language) for ex in examples],
+                                   np.int32),
+      index=np.asarray([ex.index for ex in examples], np.int32),
+      languages=languages, dominant_languages=dominant_languages, truncation=truncation)
+
+
 def total_tokens(batch: dict[str, np.ndarray]) -> int:
-  """Real (non-pad) tokens in a batch: chosen + rejected sequences + MLC prompt variants."""
-  return int(batch["chosen_mask"].sum() + batch["rejected_mask"].sum() + batch["prompt_mask"].sum())
+  """Real (non-pad) tokens in a batch: every sequence's attention mask (pairs, dominant pairs, variants)."""
+  return int(sum(v.sum() for k, v in batch.items() if k.endswith("_mask") and not k.endswith("_loss_mask")))

@@ -17,10 +17,7 @@ from typing import Sequence
 import grain
 import numpy as np
 
-from mlc_jax.data.batching import BATCH_KEYS, TokenizedData
-
-PAIR_KEYS = ("chosen_ids", "chosen_mask", "chosen_loss_mask", "rejected_ids", "rejected_mask", "rejected_loss_mask")
-PROMPT_KEYS = ("prompt_ids", "prompt_mask")
+from mlc_jax.data.batching import DOMINANT_PAIR_KEYS, PAIR_KEYS, PROMPT_KEYS, MpoTokenizedData, TokenizedData
 
 
 def check_buckets(buckets: Sequence[int], limit: int, *, key: str) -> tuple[int, ...]:
@@ -37,13 +34,19 @@ def _smallest_bucket(length: int, buckets: tuple[int, ...]) -> int:
 
 def trim_to_buckets(batch: dict[str, np.ndarray], *, pair_buckets: tuple[int, ...],
                     prompt_buckets: tuple[int, ...]) -> dict[str, np.ndarray]:
-  """Cuts the padding of a right-padded batch down to the smallest bucket that holds its longest row."""
-  pair_len = int(max(batch["chosen_mask"].sum(-1).max(), batch["rejected_mask"].sum(-1).max()))
-  prompt_len = int(batch["prompt_mask"].sum(-1).max())
-  t, p = _smallest_bucket(pair_len, pair_buckets), _smallest_bucket(prompt_len, prompt_buckets)
+  """Cuts the padding of a right-padded batch down to the smallest bucket that holds its longest row.
+
+  All pair sequences (and MPO's dominant pairs) share one length; the MLC prompt variants have their own.
+  """
+  pair_keys = [k for k in (*PAIR_KEYS, *DOMINANT_PAIR_KEYS) if k in batch]
+  pair_len = max(int(batch[k].sum(-1).max()) for k in pair_keys
+                 if k.endswith("_mask") and not k.endswith("_loss_mask"))
+  t = _smallest_bucket(pair_len, pair_buckets)
   out = dict(batch)
-  out.update({k: batch[k][:, :t] for k in PAIR_KEYS})
-  out.update({k: batch[k][..., :p] for k in PROMPT_KEYS})
+  out.update({k: batch[k][:, :t] for k in pair_keys})
+  if "prompt_mask" in batch:
+    p = _smallest_bucket(int(batch["prompt_mask"].sum(-1).max()), prompt_buckets)
+    out.update({k: batch[k][..., :p] for k in PROMPT_KEYS})
   return out
 
 
@@ -52,12 +55,12 @@ def _process_rows(batch: dict[str, np.ndarray], *, index: int, count: int) -> di
   return {k: v[index * per:(index + 1) * per] for k, v in batch.items()}
 
 
-def batch_iterator(data: TokenizedData, global_batch_size: int, *, seed: int, shuffle: bool = True,
+def batch_iterator(data: TokenizedData | MpoTokenizedData, global_batch_size: int, *, seed: int, shuffle: bool = True,
                    process_index: int = 0, process_count: int = 1, pair_buckets: Sequence[int] = (),
                    prompt_buckets: Sequence[int] = ()):
   """An endless, resumable iterator of this process's part of each global batch.
 
-  Each batch is a dict with the keys of `BATCH_KEYS` (`index` = dataset positions), `[B/P, …]` rows, pair
+  Each batch is a dict with the keys of `data.batch_keys` (`index` = dataset positions), `[B/P, …]` rows, pair
   arrays trimmed to a `pair_buckets` length and prompt variants to a `prompt_buckets` length (the padded
   length of `data` is always the last bucket). The iterator has `get_state()` / `set_state(state)`.
   """
@@ -66,9 +69,10 @@ def batch_iterator(data: TokenizedData, global_batch_size: int, *, seed: int, sh
     raise ValueError(f"train.batch_size={global_batch_size} is larger than the dataset's {n} examples")
   if global_batch_size % process_count:
     raise ValueError(f"train.batch_size={global_batch_size} does not split over {process_count} processes")
-  arrays = {k: getattr(data, k) for k in BATCH_KEYS}
+  arrays = {k: getattr(data, k) for k in data.batch_keys}
   pair_buckets = check_buckets(pair_buckets, arrays["chosen_ids"].shape[1], key="data.pair_buckets")
-  prompt_buckets = check_buckets(prompt_buckets, arrays["prompt_ids"].shape[-1], key="data.prompt_buckets")
+  if "prompt_ids" in arrays:
+    prompt_buckets = check_buckets(prompt_buckets, arrays["prompt_ids"].shape[-1], key="data.prompt_buckets")
   ds = grain.MapDataset.range(n)
   if shuffle:
     ds = ds.shuffle(seed=seed)

@@ -8,7 +8,11 @@ Sources:
        "chosen": {"from": "gpt", "value": <English response>}, "rejected": {"from": "gpt", "value": ...},
        "prompt_zh": [{"from": "human", "value": <Chinese prompt>}], "prompt_ar": [...], ...}
 
-In both the pair is written for the English prompt (``pair_language == "en"``).
+  ``tfds``: a prepared TFDS dataset (``mlc_pku_saferlhf/dpo``).
+
+In these the pair is written for the English prompt (``pair_language == "en"``). MPO's data
+(``mpo_pairs/{llama,gemma,qwen}``, read by ``load_mpo_pairs``) holds each pair twice, in a dominant language
+and in a target language (``MpoExample``).
 """
 from __future__ import annotations
 
@@ -51,6 +55,18 @@ class PreferenceExample:
           f"example {self.index}: pair language {self.pair_language!r} is not among its prompt languages "
           f"{list(self.prompts)}"
       )
+
+
+@dataclasses.dataclass(frozen=True)
+class MpoExample:
+  """One MPO example: a pair in the dominant language and the same pair in a target language.
+
+  Each side is a `PreferenceExample` whose only prompt is in its ``pair_language`` (the detected language).
+  """
+
+  index: int
+  dominant: PreferenceExample
+  target: PreferenceExample
 
 
 def _require_pair_language(langs: Sequence[str], key: str) -> None:
@@ -244,3 +260,47 @@ def load_preferences(
 
     return read_tfds_records(common.read_split(builder, "train"), languages), languages
   return read_mlc_jsonl(path, languages, empty_responses=empty_responses), languages
+
+
+def _mpo_side(index: int, side: dict) -> PreferenceExample:
+  language = side["prompt_language"]
+  return PreferenceExample(index=index, prompts={language: side["prompt"]}, chosen=side["chosen"],
+                           rejected=side["rejected"], pair_language=language)
+
+
+def load_mpo_pairs(name: str, langs: str | Sequence[str], *, manual_dir: str | None = None,
+                   data_dir: str | None = None) -> tuple[list[MpoExample], dict[str, int]]:
+  """MPO examples from the TFDS dataset ``name`` (``mpo_pairs/llama|gemma|qwen``) whose target is in ``langs``.
+
+  Args:
+    name: the dataset (``data.name``); prepared from ``manual_dir`` on first use.
+    langs: the target languages to train on (``data.langs``; a set name such as ``mpo``, codes, or a list).
+    manual_dir, data_dir: as for ``load_preferences``.
+
+  Returns:
+    ``(examples, dropped)``: the examples, and per target language the number left out because it is not in
+    ``langs`` (``unknown`` for a target prompt whose language was not detected, e.g. an empty one).
+
+  Raises:
+    ValueError: ``name`` is not an MPO dataset, or no example has a target language in ``langs``.
+  """
+  from mlc_jax.data.tfds_builders import common
+
+  if not name.startswith("mpo_pairs/"):
+    raise ValueError(f"data.name={name!r}: MPO trains on an mpo_pairs dataset (mpo_pairs/llama, mpo_pairs/gemma "
+                     "or mpo_pairs/qwen)")
+  languages = resolve_languages(langs, available=LANGUAGE_SETS["mpo"], key="data.langs")
+  builder = common.prepared_builder(name, manual_dir=manual_dir, data_dir=data_dir or None)
+  examples, dropped = [], {}
+  for record in common.read_split(builder, "train"):
+    target_language = record["target"]["prompt_language"]
+    if target_language not in languages:
+      dropped[target_language] = dropped.get(target_language, 0) + 1
+      continue
+    index = len(examples)  # the position among the kept examples (what batches index cached values with)
+    examples.append(MpoExample(index=index, dominant=_mpo_side(index, record["source"]),
+                               target=_mpo_side(index, record["target"])))
+  if not examples:
+    raise ValueError(f"data.langs={list(languages)}: no pair of {name} has its target in these languages "
+                     f"(targets found: {sorted(dropped)})")
+  return examples, dropped

@@ -5,16 +5,23 @@ import jax
 import jax.numpy as jnp
 
 
-def reward_gap_loss(dominant_chosen_avg, dominant_rejected_avg, target_chosen_avg, target_rejected_avg, *,
-                    beta: float) -> jax.Array:
-  """Scalar `mean_batch((beta * (tc - tr) - (dc - dr))²)` on per-token average log-probs `[batch]`.
+def reward_gap_errors(dominant_chosen_avg, dominant_rejected_avg, target_chosen_avg, target_rejected_avg, *,
+                      beta: float) -> jax.Array:
+  """Per-example `(beta * (tc - tr) - (dc - dr))²` `[batch]` on per-token average log-probs `[batch]`.
 
   The dominant-language gap `dc - dr` comes from the frozen reference and carries no gradient.
   """
   dc, dr, tc, tr = (jnp.asarray(x, jnp.promote_types(jnp.result_type(x), jnp.float32))
                     for x in (dominant_chosen_avg, dominant_rejected_avg, target_chosen_avg, target_rejected_avg))
   dominant_gap = jax.lax.stop_gradient(dc - dr)
-  return jnp.mean(jnp.square(beta * (tc - tr) - dominant_gap))
+  return jnp.square(beta * (tc - tr) - dominant_gap)
+
+
+def reward_gap_loss(dominant_chosen_avg, dominant_rejected_avg, target_chosen_avg, target_rejected_avg, *,
+                    beta: float) -> jax.Array:
+  """Scalar L1 of MPO: the batch mean of `reward_gap_errors`."""
+  return jnp.mean(reward_gap_errors(dominant_chosen_avg, dominant_rejected_avg, target_chosen_avg,
+                                    target_rejected_avg, beta=beta))
 
 
 def mean_pool(hidden, mask, *, include_padding: bool = False) -> jax.Array:
@@ -35,6 +42,13 @@ def retention_loss(policy_hidden, reference_hidden, mask, *, include_padding: bo
 
   The reference side carries no gradient. See `mean_pool` for `include_padding`.
   """
-  policy = mean_pool(policy_hidden, mask, include_padding=include_padding)
-  reference = jax.lax.stop_gradient(mean_pool(reference_hidden, mask, include_padding=include_padding))
-  return jnp.mean(jnp.square(policy - reference))
+  return pooled_mse(mean_pool(policy_hidden, mask, include_padding=include_padding),
+                    mean_pool(reference_hidden, mask, include_padding=include_padding))
+
+
+def pooled_mse(policy_pooled, reference_pooled) -> jax.Array:
+  """Scalar mean squared error between pooled states `[batch, hidden]`; the reference carries no gradient.
+
+  The train step uses it directly: the reference's pooled states are computed once before training.
+  """
+  return jnp.mean(jnp.square(policy_pooled.astype(jnp.float32) - jax.lax.stop_gradient(reference_pooled)))

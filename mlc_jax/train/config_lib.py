@@ -52,10 +52,12 @@ def base_config() -> ml_collections.ConfigDict:
       langs="multijail",  # evaluation languages; those not in data.langs are the "unseen" ones
   )
   c.objective = dict(
-      base="dpo",  # sft | dpo | ipo | hinge | simpo | orpo
+      base="dpo",  # sft | dpo | ipo | hinge | simpo | orpo | mpo (needs an mpo_pairs dataset)
       beta=0.1,
       label_smoothing=0.0,  # cDPO (dpo only)
       gamma=0.5,  # SimPO's target margin (simpo only)
+      retention_weight=1.0,  # weight of MPO's retention term L2 (mpo only; the paper's L = L1 + L2)
+      pool_padding=False,  # MPO's L2 mean-pools over padding too, as the official code (mpo only)
   )
   c.mlc = dict(
       enabled=True,

@@ -1,11 +1,19 @@
-"""Training metrics: averaged over each logging window, written to WORKDIR/metrics.jsonl and TensorBoard."""
+"""Training metrics: averaged over each logging window, written to WORKDIR/metrics.jsonl and TensorBoard.
+
+Per-language metrics arrive as per-language sums `by_language/<name>` `[K]` and counts `by_language/count`
+(see `objective.per_language_sums`); they are written as `<name>/<language>`, the mean over the window's
+examples in that language (languages with no example in the window are left out).
+"""
 from __future__ import annotations
 
 import json
 import os
 from collections import defaultdict
 
+import numpy as np
 from tensorboardX import SummaryWriter
+
+from mlc_jax.train.objective import PER_LANGUAGE_PREFIX
 
 # Written only for steps that computed them (MLC runs every `aux_every` steps).
 MLC_KEYS = ("mlc_loss", "sigma1_share")
@@ -14,12 +22,14 @@ MLC_KEYS = ("mlc_loss", "sigma1_share")
 class MetricsWriter:
   """Accumulates per-step metrics and writes their window means every `log_every` steps."""
 
-  def __init__(self, workdir: str, *, log_every: int):
+  def __init__(self, workdir: str, *, log_every: int, languages: tuple[str, ...] = ()):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.log_every = max(1, log_every)
+    self.languages = tuple(languages)
     self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
     self.last: dict = {}
     self._sums, self._counts = defaultdict(float), defaultdict(int)
+    self._language_sums = defaultdict(lambda: np.zeros(len(self.languages)))
     self._tokens, self._seconds = 0, 0.0
 
   def add(self, step: int, metrics: dict, *, tokens: int, seconds: float) -> dict | None:
@@ -27,6 +37,9 @@ class MetricsWriter:
     applied = metrics.get("mlc_applied", 0.0) > 0
     for key, value in metrics.items():
       if key == "mlc_applied" or (key in MLC_KEYS and not applied):
+        continue
+      if key.startswith(PER_LANGUAGE_PREFIX):
+        self._language_sums[key[len(PER_LANGUAGE_PREFIX):]] += np.asarray(value, np.float64)
         continue
       self._sums[key] += float(value)
       self._counts[key] += 1
@@ -36,17 +49,24 @@ class MetricsWriter:
       return None
     record = {"step": step, **{k: self._sums[k] / self._counts[k] for k in sorted(self._sums)},
               "tokens_per_s": self._tokens / max(self._seconds, 1e-9),
-              "step_time_s": self._seconds / self._counts["loss"]}
+              "step_time_s": self._seconds / self._counts["loss"], **self._per_language()}
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
     for key, value in record.items():
       if key != "step":
         self.tb.add_scalar(f"train/{key}", value, step)
     self.tb.flush()
-    self._sums.clear(), self._counts.clear()
+    self._sums.clear(), self._counts.clear(), self._language_sums.clear()
     self._tokens, self._seconds = 0, 0.0
     self.last = record
     return record
+
+  def _per_language(self) -> dict[str, float]:
+    counts = self._language_sums.get("count")
+    if counts is None:
+      return {}
+    return {f"{name}/{lang}": float(sums[i] / counts[i]) for name, sums in sorted(self._language_sums.items())
+            if name != "count" for i, lang in enumerate(self.languages) if counts[i] > 0}
 
   def close(self):
     self.tb.close()

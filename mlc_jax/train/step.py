@@ -7,7 +7,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mlc_jax.train.objective import Objective, loss_fn, pair_logps
+from mlc_jax.train.objective import Objective, loss_fn, reference_outputs
 from mlc_jax.train.state import Built, TrainState
 
 BATCH_AXES = ("data", "fsdp")
@@ -65,10 +65,13 @@ def make_train_step(built: Built, obj: Objective, *, aux_every: int, mesh: Mesh)
                  out_shardings=(built.shardings, replicated), donate_argnums=0)
 
 
-def make_logps_fn(built: Built, obj: Objective, mesh: Mesh):
-  """`fn(model_params, batch) → {chosen,rejected}_{sum,mean}` `[B]` log-probs, jitted (reference passes)."""
+def make_reference_fn(built: Built, obj: Objective, mesh: Mesh):
+  """`fn(model_params, batch) → {key: [B, …]}` for `obj.reference_keys`, jitted (the precomputation pass).
+
+  `batch` holds `obj.reference_inputs` `[B, T]`; see `objective.reference_outputs`.
+  """
   def fn(model_params, batch):
-    return pair_logps(built.policy_def.merge_model(model_params), batch, vocab_chunk=obj.vocab_chunk)
+    return reference_outputs(built.policy_def.merge_model(model_params), batch, obj)
 
   replicated = NamedSharding(mesh, PartitionSpec())
   return jax.jit(fn, in_shardings=(built.shardings.params["model"], batch_sharding(mesh, accumulated=False)),

@@ -18,16 +18,16 @@ from tqdm import tqdm
 
 from mlc_jax.data import batching, pipeline
 from mlc_jax.data.languages import resolve_languages
-from mlc_jax.data.preferences import load_preferences
+from mlc_jax.data.preferences import load_mpo_pairs, load_preferences
 from mlc_jax.data.tokenizer import load_tokenizer
 from mlc_jax.parallel.mesh import make_mesh
 from mlc_jax.train import checkpointing, config_lib
 from mlc_jax.train.config_lib import ConfigError
 from mlc_jax.train.metrics import MetricsWriter
 from mlc_jax.train.objective import Objective
-from mlc_jax.train.reference import reference_logps
+from mlc_jax.train.reference import precompute
 from mlc_jax.train.state import init_train_state
-from mlc_jax.train.step import batch_sharding, make_logps_fn, make_train_step, split_micro_batches, to_device
+from mlc_jax.train.step import batch_sharding, make_reference_fn, make_train_step, split_micro_batches, to_device
 from mlc_jax.train.validate import mlc_layer, validate
 
 # Fault injection for the resume tests: SIGKILL this process right after finishing the given step.
@@ -48,7 +48,7 @@ class Prepared:
 
   model_cfg: object
   mesh_shape: tuple[int, ...]
-  data: batching.TokenizedData
+  data: batching.TokenizedData | batching.MpoTokenizedData
   tokenizer: object
   total_steps: int
 
@@ -56,12 +56,6 @@ class Prepared:
 def prepare(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False) -> Prepared:
   """Validates the config, the data and the workdir; raises `ConfigError` naming the key. Writes nothing."""
   model_cfg, mesh_shape = validate(config, jax.device_count())
-  try:
-    examples, langs = load_preferences(config.data.source, config.data.path or None, config.data.langs,
-                                       empty_responses="keep", name=config.data.name,
-                                       manual_dir=config.data.manual_dir, data_dir=config.data.data_dir)
-  except (OSError, ValueError) as e:
-    raise ConfigError(f"data: {e}") from e
   try:
     tokenizer = load_tokenizer(config.tokenizer or config.model.hf_path or None)
   except (OSError, ValueError) as e:
@@ -71,7 +65,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *, allow_config_cha
                       f"{model_cfg.vocab_size} (model.preset={config.model.preset!r})")
   limits = batching.SequenceLimits(config.data.max_prompt_len, config.data.max_response_len,
                                    config.data.mlc_prompt_len)
-  data = batching.tokenize_examples(examples, tokenizer, limits)
+  data = _load_data(config, tokenizer, limits)
   if config.train.batch_size > len(data):
     raise ConfigError(f"train.batch_size={config.train.batch_size} is larger than the {len(data)} examples")
   try:
@@ -93,10 +87,33 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *, allow_config_cha
     eval_langs = resolve_languages(config.eval.langs, key="eval.langs")
   except ValueError as e:
     raise ConfigError(str(e)) from e
-  unseen = [lang for lang in eval_langs if lang not in langs]
-  print(f"data: {len(data)} pairs, languages {', '.join(langs)}; truncated {data.truncation}; "
-        f"evaluation languages unseen in training: {', '.join(unseen) or 'none'}")
+  seen = set(data.languages) | set(getattr(data, "dominant_languages", ()))
+  unseen = [lang for lang in eval_langs if lang not in seen]
+  print(f"data: truncated {data.truncation}; evaluation languages unseen in training: {', '.join(unseen) or 'none'}")
   return Prepared(model_cfg, mesh_shape, data, tokenizer, max(total, 1))
+
+
+def _load_data(config, tokenizer, limits: batching.SequenceLimits):
+  """The tokenized training set: MPO pairs for objective.base='mpo', else preference pairs with variants."""
+  d = config.data
+  try:
+    if config.objective.base == "mpo":
+      examples, dropped = load_mpo_pairs(d.name, d.langs, manual_dir=d.manual_dir, data_dir=d.data_dir)
+    else:
+      examples, langs = load_preferences(d.source, d.path or None, d.langs, empty_responses="keep", name=d.name,
+                                         manual_dir=d.manual_dir, data_dir=d.data_dir)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"data: {e}") from e
+  if config.objective.base != "mpo":
+    print(f"data: {len(examples)} pairs, languages {', '.join(langs)}")
+    return batching.tokenize_examples(examples, tokenizer, limits)
+  data = batching.tokenize_mpo(examples, tokenizer, limits)
+  count = lambda codes, which: ", ".join(f"{code} {int((which == i).sum())}" for i, code in enumerate(codes))
+  print(f"data: {len(data)} MPO pairs from {d.name}; dominant languages "
+        f"{count(data.dominant_languages, data.dominant_language)}; target languages "
+        f"{count(data.languages, data.pair_language)}"
+        + (f"; left out (target not in data.langs): {dropped}" if dropped else ""))
+  return data
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False) -> dict:
@@ -110,7 +127,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change:
   print(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} device(s); "
         f"model {prep.model_cfg.num_params() / 1e6:.2f}M parameters; {prep.total_steps} steps")
   built = init_train_state(config, prep.model_cfg, mesh, prep.total_steps)
-  obj = Objective.from_config(config, mlc_layer(config, prep.model_cfg))
+  obj = Objective.from_config(config, mlc_layer(config, prep.model_cfg), languages=prep.data.languages)
   iterator = pipeline.batch_iterator(prep.data, config.train.batch_size, seed=config.train.seed,
                                      process_index=jax.process_index(), process_count=jax.process_count(),
                                      pair_buckets=config.data.pair_buckets, prompt_buckets=config.data.prompt_buckets)
@@ -120,9 +137,11 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change:
   reference = None
   if config.reference == "precomputed" and obj.needs_reference:  # from the initial weights, before any resume
     micro = config.train.batch_size // config.train.grad_accum
-    reference = reference_logps(make_logps_fn(built, obj, mesh), state.params["model"], prep.data,
-                                batch_size=micro, mesh=mesh, cache_dir=os.path.join(workdir, "reference"),
-                                model_identity=_model_identity(config, prep.model_cfg))
+    name = "mpo_dominant" + ("_padded" if obj.pool_padding else "") if obj.base == "mpo" else "ref_logps"
+    reference = precompute(make_reference_fn(built, obj, mesh), state.params["model"], prep.data,
+                           input_keys=obj.reference_inputs, output_keys=obj.reference_keys, batch_size=micro,
+                           mesh=mesh, cache_dir=os.path.join(workdir, "reference"), name=name,
+                           model_identity=_model_identity(config, prep.model_cfg))
   if ckpt.latest_step() is not None:
     state, data_state = checkpointing.restore(ckpt, ckpt.latest_step(), state, built.shardings)
     iterator.set_state(data_state)
@@ -133,7 +152,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change:
   kill_at = int(os.environ.get(KILL_AT_STEP_ENV, "0"))
   preempted = []
   previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
-  writer = MetricsWriter(workdir, log_every=config.train.log_every)
+  writer = MetricsWriter(workdir, log_every=config.train.log_every, languages=prep.data.languages)
   step = int(state.step)
   try:
     with tqdm(total=prep.total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True) as bar:

@@ -53,6 +53,25 @@ def mlc_layer(config, cfg: ModelConfig) -> int:
   return layer
 
 
+def _check_mpo(config):
+  """MPO needs its own data (a pair in a dominant and in a target language) and has no prompt variants."""
+  mpo_data = config.data.source == "tfds" and config.data.name.startswith("mpo_pairs/")
+  if config.objective.base == "mpo":
+    if not mpo_data:
+      raise ConfigError(f"objective.base='mpo' trains on an mpo_pairs dataset: set data.source='tfds' and "
+                        f"data.name='mpo_pairs/llama' (or gemma, qwen); got data.source={config.data.source!r}, "
+                        f"data.name={config.data.name!r}")
+    if config.mlc.enabled:
+      raise ConfigError("mlc.enabled=True: MPO's data has no prompt variants in several languages; set "
+                        "mlc.enabled=False for objective.base='mpo'")
+    if config.objective.pool_padding and config.data.pair_buckets:
+      raise ConfigError(f"objective.pool_padding=True averages over the padded length, which data.pair_buckets="
+                        f"{tuple(config.data.pair_buckets)} changes per batch; use one or the other")
+  elif mpo_data:
+    raise ConfigError(f"data.name={config.data.name!r} holds MPO pairs, which only objective.base='mpo' reads "
+                      f"(objective.base={config.objective.base!r})")
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int) -> tuple[ModelConfig, tuple[int, ...]]:
   """Checks everything that can be checked without data; returns (model config, resolved mesh shape)."""
   check_known_keys(config)
@@ -66,6 +85,9 @@ def validate(config: ml_collections.ConfigDict, num_devices: int) -> tuple[Model
       raise ConfigError(f"{key}={_get(config, key)} must be positive")
   if config.mlc.weight < 0:
     raise ConfigError(f"mlc.weight={config.mlc.weight} must be >= 0")
+  if config.objective.retention_weight < 0:
+    raise ConfigError(f"objective.retention_weight={config.objective.retention_weight} must be >= 0")
+  _check_mpo(config)
   if not 0 <= config.objective.label_smoothing < 0.5:
     raise ConfigError(f"objective.label_smoothing={config.objective.label_smoothing} must be in [0, 0.5)")
   if config.train.steps <= 0 and config.train.epochs <= 0:
