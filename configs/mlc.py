@@ -30,11 +30,13 @@ The paper's runs, one command each (add --config.model.hf_path=/ckpt/<checkpoint
     ...:model=qwen2p5_7b,langs=mlc10,base=orpo
     reported: MLC improves multilingual safety over each base; the per-base numbers are in the paper's
     tables, not in our notes. ipo and hinge are ours (not in the paper), for comparison.
-Batch 4 = 1 pair per step × grad-accum 4 on one data shard (train.batch_size=4, train.grad_accum=4).
+Batch: the paper's 1 pair × grad-accum 4 is one optimizer step on 4 pairs; here train.batch_size=4 with
+train.grad_accum=1, the same update (tests/test_train.py checks accumulation equals one big batch), split over
+up to 4 data shards. On 8 chips use --config.train.batch_size=8 or --config.mesh.shape='(1,4,2)'.
 
 Shape it is meant for: a 7-9B model, full fine-tuning with fp32 AdamW (≈ 16 bytes a parameter, 115-150 GB
 plus activations): a TPU v5p-8 slice (4 chips, 95 GB each, FSDP over all chips: mesh.shape (1,-1,1), the
-default) or one H200 / two 80 GB GPUs; the 1.5B/3B ablations fit one 80 GB GPU. The dpo/ipo/hinge reference
+default) or at least two 80 GB GPUs; the 1.5B/3B ablations fit one 80 GB GPU. The dpo/ipo/hinge reference
 is precomputed before training (one forward pass over the data, cached in WORKDIR/reference). For example
   python -m mlc_jax.train --config configs/mlc.py:model=llama3p1_8b,langs=mlc10 \
     --config.model.hf_path=/path/to/Llama-3.1-8B-Instruct --workdir $RUNS/mlc-llama8b
@@ -82,6 +84,7 @@ def get_config(arg=None):
     c.optim.lr = 1e-3
     c.train.batch_size, c.train.grad_accum, c.train.steps = 4, 1, 20
   else:
+    c.train.grad_accum = 1  # the paper's 1 × 4 accumulated as one batch of 4 (splits over 4 chips)
     c.tokenizer = ""  # the checkpoint's own tokenizer (set model.hf_path)
     c.model.dtype = "bfloat16"
     c.model.remat = "full"

@@ -27,17 +27,18 @@ The paper's settings, one command each (from the official code: β, learning rat
     python -m mlc_jax.train --config configs/mpo.py:model=qwen2p5_7b \
       --config.model.hf_path=/ckpt/Qwen2.5-7B-Instruct --workdir $RUNS/mpo-qwen
 
-Our choices where our notes of the paper are silent: batch 8 (1 pair per device step × grad-accum 8 on one
-data shard), cosine schedule with warmup 0.1, prompt 256 + response 768 tokens (1024, LLaMA-Factory's cutoff),
-bf16 activations with fp32 master weights and Adam, full remat. 600 pairs / 8 = 75 steps per epoch, 150 steps.
-What the paper reports: on all three models MPO lowers the unsafe-response rate in the target languages
-(MultiJail, XSafety) while keeping the dominant language's safety and general multilingual utility
-(MT-Bench, M-MMLU, MGSM); the per-model numbers are in its tables, not in our notes.
+Our choices where our notes of the paper are silent: batch 8 (one batch of 8 pairs per optimizer step; add
+--config.train.grad_accum=K to accumulate it in K micro-batches when memory is short), cosine schedule with
+warmup 0.1, prompt 256 + response 768 tokens (1024, LLaMA-Factory's cutoff), bf16 activations with fp32
+master weights and Adam, full remat. About 600 pairs / 8 = 75 steps an epoch, 150 in all.
+What the paper reports: on all three models MPO lowers the rate of unsafe responses in the target languages
+while keeping the dominant language's safety and general multilingual utility (MT-Bench, M-MMLU, MGSM); the
+per-model numbers are in its tables, not in our notes.
 
 Shape it is meant for: an 8-9B model with fp32 AdamW needs about 16 bytes a parameter (≈ 130-150 GB) plus
-activations: a TPU v5p-8 slice (4 chips, 95 GB each) or v5e-16, FSDP over all chips (mesh.shape (1,-1,1), the
-default); on GPUs, 2 × 80 GB or one H200 (141 GB) with `--config.model.attention_impl=cudnn`. $RUNS is a
-local disk or a gcsfuse mount (docs/training.md). `model=tiny` runs the whole recipe on a CPU in minutes (byte tokenizer, 128 + 128 tokens, 20 steps).
+activations: a TPU v5p-8 slice (4 chips, 95 GB each) or a v5e-16, FSDP over all chips (mesh.shape (1,-1,1),
+the default); on GPUs at least 2 × 80 GB. $RUNS is a local disk or a gcsfuse mount (docs/training.md).
+`model=tiny` runs the whole recipe on a CPU in under a minute (byte tokenizer, 128 + 128 tokens, 20 steps).
 
 Metrics (WORKDIR/metrics.jsonl): mpo_loss (L1), retention_loss (L2), reward_margin (β · target RG) and
 dominant_gap (the frozen dominant RG) overall and per target language (`reward_margin/ko`, `dominant_gap/ko`,
@@ -84,7 +85,7 @@ def get_config(arg=None):
   c.optim.lr = paper["lr"]
   c.optim.warmup_ratio = 0.1
   c.train.epochs = 2.0
-  c.train.batch_size, c.train.grad_accum = 8, 8
+  c.train.batch_size, c.train.grad_accum = 8, 1
   c.data.max_prompt_len, c.data.max_response_len = 256, 768
   if a["model"] == "tiny":  # a CPU-sized variant of the same recipe
     c.data.max_prompt_len, c.data.max_response_len = 128, 128

@@ -17,7 +17,7 @@ def test_mlc_config_has_the_papers_defaults():
   c = load("mlc.py:model=llama3p1_8b,langs=mlc10,base=dpo")
   assert (c.mlc.tau, c.mlc.weight, c.mlc.extractor_dim, c.mlc.aux_every) == (0.2, 0.8, 512, 2)
   assert (c.objective.base, c.objective.beta, c.optim.lr, c.optim.schedule) == ("dpo", 0.1, 6e-7, "cosine")
-  assert (c.optim.warmup_ratio, c.train.epochs, c.train.batch_size, c.train.grad_accum) == (0.1, 3.0, 4, 4)
+  assert (c.optim.warmup_ratio, c.train.epochs, c.train.batch_size, c.train.grad_accum) == (0.1, 3.0, 4, 1)
   assert c.data.max_prompt_len + c.data.max_response_len == 1024
   assert c.mlc.layer == -1 and c.mlc.normalize == "sigma1" and c.data.langs == "mlc10"
 
@@ -70,3 +70,21 @@ def test_mlc_config_trains_a_few_steps_from_the_tfds_dataset(tmp_path):
   last = trainer.run(c, str(tmp_path / "w"))
   assert last["step"] == 3 and last["dpo_loss"] > 0 and 0 < last["sigma1_share"] <= 1
   assert (tmp_path / "tfds" / "mlc_pku_saferlhf" / "dpo").is_dir()
+
+
+def test_every_command_in_a_config_docstring_loads():
+  """The commands the configs document (`--config configs/NAME.py:ARG`) give valid configs."""
+  import re
+
+  from mlc_jax.train.validate import validate
+
+  specs = set()
+  for name in os.listdir(os.path.join(ROOT, "configs")):
+    if name.endswith(".py"):
+      text = open(os.path.join(ROOT, "configs", name)).read()
+      specs |= set(re.findall(r"--config (configs/\w+\.py(?::\S+)?)", text))
+  assert {s.split(":")[0] for s in specs} == {"configs/demo.py", "configs/mlc.py", "configs/mpo.py"}
+  for spec in sorted(specs):
+    config = config_lib.load_config_file(os.path.join(ROOT, spec))
+    for devices in (1, 4):  # one GPU; the 4 chips of a v5p-8 slice
+      validate(config, devices)
