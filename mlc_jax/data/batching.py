@@ -44,7 +44,22 @@ class SequenceLimits:
 
 
 @dataclasses.dataclass(frozen=True)
-class TokenizedData:
+class PairArrays:
+  """The chosen and rejected sequences of N pairs, `[N, T]` int32 each (see `TokenizedData`)."""
+
+  chosen_ids: np.ndarray
+  chosen_mask: np.ndarray
+  chosen_loss_mask: np.ndarray
+  rejected_ids: np.ndarray
+  rejected_mask: np.ndarray
+  rejected_loss_mask: np.ndarray
+
+  def __len__(self) -> int:
+    return self.chosen_ids.shape[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizedData(PairArrays):
   """A whole dataset as int32 arrays (N examples, L languages, pair length T, variant length P).
 
   Attributes:
@@ -59,26 +74,17 @@ class TokenizedData:
       ``mlc_prompt`` (prompt variants, over all languages).
   """
 
-  chosen_ids: np.ndarray
-  chosen_mask: np.ndarray
-  chosen_loss_mask: np.ndarray
-  rejected_ids: np.ndarray
-  rejected_mask: np.ndarray
-  rejected_loss_mask: np.ndarray
   prompt_ids: np.ndarray
   prompt_mask: np.ndarray
   pair_language: np.ndarray
   index: np.ndarray
   languages: tuple[str, ...]
   truncation: dict[str, int]
-  batch_keys = BATCH_KEYS
-
-  def __len__(self) -> int:
-    return self.index.shape[0]
+  batch_keys = BATCH_KEYS  # what the input pipeline batches
 
 
 @dataclasses.dataclass(frozen=True)
-class MpoTokenizedData:
+class MpoTokenizedData(PairArrays):
   """An MPO dataset as int32 arrays (N examples, pair length T).
 
   Attributes:
@@ -92,12 +98,6 @@ class MpoTokenizedData:
       ``dominant_prompt``, ``dominant_chosen``, ``dominant_rejected``).
   """
 
-  chosen_ids: np.ndarray
-  chosen_mask: np.ndarray
-  chosen_loss_mask: np.ndarray
-  rejected_ids: np.ndarray
-  rejected_mask: np.ndarray
-  rejected_loss_mask: np.ndarray
   dominant_chosen_ids: np.ndarray
   dominant_chosen_mask: np.ndarray
   dominant_chosen_loss_mask: np.ndarray
@@ -111,9 +111,6 @@ class MpoTokenizedData:
   dominant_languages: tuple[str, ...]
   truncation: dict[str, int]
   batch_keys = MPO_BATCH_KEYS
-
-  def __len__(self) -> int:
-    return self.index.shape[0]
 
 
 def _render_prompts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
