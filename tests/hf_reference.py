@@ -16,6 +16,16 @@ def random_hf_model(config: transformers.PretrainedConfig, seed: int = 0) -> tra
   return model
 
 
+def padded_batch(vocab: int, b: int = 3, s: int = 20, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+  """Random ids `[b, s]` and an attention mask: row 0 full, rows 1 and 2 right-padded after 13 and 5 tokens."""
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(0, vocab, (b, s))
+  mask = np.ones((b, s), np.int64)
+  mask[1, 13:] = 0
+  mask[2, 5:] = 0
+  return ids, mask
+
+
 def hf_forward(model, input_ids: np.ndarray, attention_mask: np.ndarray | None = None,
                positions: np.ndarray | None = None):
   """(logits, hidden_states) as numpy float32 from an HF model."""

@@ -16,7 +16,7 @@ import pytest
 import torch
 import transformers
 from flax import nnx
-from hf_reference import assert_forward_matches, hf_forward, max_rel_error, random_hf_model
+from hf_reference import assert_forward_matches, hf_forward, max_rel_error, padded_batch, random_hf_model
 
 from mlc_jax.models import Decoder, PRESETS, get_preset, load_hf, read_config, save_hf
 from mlc_jax.models.families import FAMILIES, family_for
@@ -76,15 +76,6 @@ def random_model(config):
   return model
 
 
-def batch(vocab, b=3, s=SEQ, seed=1):
-  rng = np.random.default_rng(seed)
-  ids = rng.integers(0, vocab, (b, s))
-  mask = np.ones((b, s), np.int64)
-  mask[1, 13:] = 0  # right padding
-  mask[2, 5:] = 0
-  return ids, mask
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
   """(hf model, directory written by save_pretrained) per (CONFIGS key, tied), built once."""
@@ -124,7 +115,7 @@ def test_logits_and_hidden_states_match_transformers(saved, name, tied):
   model = load_hf(path)
   cfg = model.cfg
   assert cfg.family == hf_model.config.model_type and cfg.tie_embeddings == tied
-  ids, mask = batch(cfg.vocab_size)
+  ids, mask = padded_batch(cfg.vocab_size)
   ref_hidden = assert_forward_matches(model, hf_model, ids, mask, TOL)
   assert max_rel_error(model.hidden_state_at(jnp.asarray(ids), jnp.asarray(mask), layer=2), ref_hidden[2], mask) < TOL
 
@@ -147,7 +138,7 @@ def test_sliding_window_and_local_rope_matter(saved, name):
   _, path = saved(name, False)
   model = load_hf(path)
   assert any(model.cfg.sliding_layers) and not all(model.cfg.sliding_layers) and SEQ > model.cfg.sliding_window
-  ids, mask = batch(model.cfg.vocab_size)
+  ids, mask = padded_batch(model.cfg.vocab_size)
   ids, mask = jnp.asarray(ids), jnp.asarray(mask)
   logits = model(ids, mask)
   assert max_rel_error(with_config(model, sliding_window=SEQ)(ids, mask), logits, mask) > 1e-3
@@ -159,7 +150,7 @@ def test_sliding_window_and_local_rope_matter(saved, name):
 def test_attention_impls_agree(saved, name):
   """'dot_product' (jax.nn.dot_product_attention, local_window_size on sliding layers) equals 'xla'."""
   _, path = saved(name, False)
-  ids, mask = (jnp.asarray(a) for a in batch(97))
+  ids, mask = (jnp.asarray(a) for a in padded_batch(97))
   xla, fused = load_hf(path), load_hf(path, attention_impl="dot_product")
   soft_capped = xla.cfg.attn_logit_softcap is not None  # Gemma-2 falls back to 'xla'
   assert fused.blocks.attn.attention_impl == ("xla" if soft_capped else "dot_product")
@@ -169,7 +160,7 @@ def test_attention_impls_agree(saved, name):
 def test_attention_impls_agree_on_gradients(saved):
   """Through the per-layer lax.cond between windowed and full attention (Gemma-3, jitted)."""
   _, path = saved("gemma3_text", False)
-  ids, mask = (jnp.asarray(a) for a in batch(97))
+  ids, mask = (jnp.asarray(a) for a in padded_batch(97))
 
   def loss(model):
     return jnp.sum(jnp.where(mask[..., None], jax.nn.log_softmax(model(ids, mask)), 0.0) ** 2) * 1e-4
@@ -190,7 +181,7 @@ def test_save_hf_loads_in_transformers_with_same_logits(saved, tmp_path, name, t
   hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
   assert type(hf_model).__name__ == FAMILIES[model.cfg.family].architecture
   assert hf_model.config.tie_word_embeddings == tied
-  ids, mask = batch(model.cfg.vocab_size)
+  ids, mask = padded_batch(model.cfg.vocab_size)
   assert max_rel_error(model(jnp.asarray(ids), jnp.asarray(mask)), hf_forward(hf_model, ids, mask)[0], mask) < TOL
   assert read_config(str(tmp_path / "out"))[0] == model.cfg
 

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import transformers
-from hf_reference import assert_forward_matches, hf_forward, max_rel_error, random_hf_model
+from hf_reference import assert_forward_matches, hf_forward, max_rel_error, padded_batch, random_hf_model
 
 from mlc_jax.models import get_preset, load_hf, read_config
 from mlc_jax.models.families import llama
@@ -30,15 +30,6 @@ def save_random(tmp_path, config, **save_kwargs):
   return model
 
 
-def batch(vocab, b=3, s=20, seed=1):
-  rng = np.random.default_rng(seed)
-  ids = rng.integers(0, vocab, (b, s))
-  mask = np.ones((b, s), np.int64)
-  mask[1, 13:] = 0  # right padding
-  mask[2, 5:] = 0
-  return ids, mask
-
-
 @pytest.mark.parametrize("kv_heads,rope_scaling,tied", [
     (2, False, False),  # GQA, plain RoPE, untied
     (2, True, False),  # GQA with llama3 rope scaling
@@ -52,7 +43,7 @@ def test_logits_and_hidden_states_match_transformers(tmp_path, kv_heads, rope_sc
   assert model.cfg.tie_embeddings == tied and model.cfg.num_kv_heads == kv_heads
   assert (model.cfg.rope_scaling is not None) == rope_scaling
 
-  ids, mask = batch(config.vocab_size)
+  ids, mask = padded_batch(config.vocab_size)
   ref_hidden = assert_forward_matches(model, hf_model, ids, mask, TOL)
   for k in range(len(ref_hidden)):
     single = model.hidden_state_at(jnp.asarray(ids), jnp.asarray(mask), layer=k)
@@ -63,7 +54,7 @@ def test_left_padding_with_explicit_positions(tmp_path):
   config = llama_config(rope_scaling=True)
   hf_model = save_random(tmp_path, config)
   model = load_hf(str(tmp_path))
-  ids, _ = batch(config.vocab_size)
+  ids, _ = padded_batch(config.vocab_size)
   mask = np.ones_like(ids)
   mask[0, :4] = 0
   mask[2, :11] = 0
@@ -78,7 +69,7 @@ def test_padding_does_not_change_real_tokens(tmp_path):
   hf_model = save_random(tmp_path, llama_config())
   del hf_model
   model = load_hf(str(tmp_path))
-  ids, mask = batch(97)
+  ids, mask = padded_batch(97)
   padded = model(jnp.asarray(ids), jnp.asarray(mask))
   alone = model(jnp.asarray(ids[2:3, :5]))
   np.testing.assert_allclose(np.asarray(padded[2, :5]), np.asarray(alone[0]), rtol=1e-5, atol=1e-5)
@@ -89,7 +80,7 @@ def test_sharded_hf_checkpoint_loads(tmp_path):
   hf_model = save_random(tmp_path, config, max_shard_size="20KB")
   assert (tmp_path / "model.safetensors.index.json").exists()
   model = load_hf(str(tmp_path))
-  ids, mask = batch(config.vocab_size)
+  ids, mask = padded_batch(config.vocab_size)
   assert max_rel_error(model(jnp.asarray(ids), jnp.asarray(mask)), hf_forward(hf_model, ids, mask)[0], mask) < TOL
 
 
@@ -108,7 +99,7 @@ def test_load_onto_a_mesh_places_each_tensor_in_its_sharding(tmp_path, mesh_shap
     assert expected[2] == "tensor"
   if mesh.shape["fsdp"] > 1:
     assert expected[1] == "fsdp"
-  ids, mask = batch(config.vocab_size)
+  ids, mask = padded_batch(config.vocab_size)
   logits = jax.jit(lambda m, i, a: m(i, a))(model, jnp.asarray(ids), jnp.asarray(mask))
   assert max_rel_error(logits, hf_forward(hf_model, ids, mask)[0], mask) < TOL
 

@@ -82,6 +82,11 @@ class TokenizedData(PairArrays):
   truncation: dict[str, int]
   batch_keys = BATCH_KEYS  # what the input pipeline batches
 
+  @property
+  def seen_languages(self) -> tuple[str, ...]:
+    """Every language the training data shows the model."""
+    return self.languages
+
 
 @dataclasses.dataclass(frozen=True)
 class MpoTokenizedData(PairArrays):
@@ -111,6 +116,11 @@ class MpoTokenizedData(PairArrays):
   dominant_languages: tuple[str, ...]
   truncation: dict[str, int]
   batch_keys = MPO_BATCH_KEYS
+
+  @property
+  def seen_languages(self) -> tuple[str, ...]:
+    """Every language the training data shows the model: the targets and the dominant ones."""
+    return tuple(dict.fromkeys(self.languages + self.dominant_languages))
 
 
 def _render_prompts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:

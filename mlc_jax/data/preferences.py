@@ -29,6 +29,7 @@ SOURCES = ("builtin", "mlc_jsonl", "tfds")
 PAIR_LANGUAGE = "en"
 EMPTY_RESPONSE_POLICIES = ("error", "keep")
 _MLC_PROMPT_PREFIX = "prompt_"
+MPO_DATASET_PREFIX = "mpo_pairs/"  # the TFDS datasets MPO trains on: mpo_pairs/{llama,gemma,qwen}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,7 +287,7 @@ def load_mpo_pairs(name: str, langs: str | Sequence[str], *, manual_dir: str | N
   """
   from mlc_jax.data.tfds_builders import common
 
-  if not name.startswith("mpo_pairs/"):
+  if not name.startswith(MPO_DATASET_PREFIX):
     raise ValueError(f"data.name={name!r}: MPO trains on an mpo_pairs dataset (mpo_pairs/llama, mpo_pairs/gemma "
                      "or mpo_pairs/qwen)")
   languages = resolve_languages(langs, available=LANGUAGE_SETS["mpo"], key="data.langs")

@@ -9,9 +9,10 @@ def _llama3_rope(factor: float) -> tuple:
                               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
 
 
-def _layer_types(num_layers: int, every: int) -> tuple[str, ...]:
-  """HF's default pattern: every `every`-th layer global, the others sliding."""
-  return tuple("full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(num_layers))
+def _interleaved(every: int, **fields) -> ModelConfig:
+  """A ModelConfig with HF's default layer pattern: every `every`-th layer global, the others sliding."""
+  return ModelConfig(**fields, layer_types=tuple("full_attention" if (i + 1) % every == 0 else "sliding_attention"
+                                                 for i in range(fields["num_layers"])))
 
 
 _LLAMA3 = dict(family="llama", vocab_size=128256, rope_theta=500000.0, max_position_embeddings=131072,
@@ -75,15 +76,12 @@ _GEMMA = dict(hidden_act="gelu_pytorch_tanh", rms_norm_eps=1e-6, tie_embeddings=
 _GEMMA2 = dict(_GEMMA, family="gemma2", vocab_size=256000, rope_theta=10000.0, max_position_embeddings=8192,
                eos_token_id=(1, 107), attn_logit_softcap=50.0, final_logit_softcap=30.0, sliding_window=4096)
 PRESETS.update({
-    "gemma2_2b": ModelConfig(**_GEMMA2, hidden_size=2304, intermediate_size=9216, num_layers=26, num_heads=8,
-                             num_kv_heads=4, head_dim=256, query_pre_attn_scalar=256.0,
-                             layer_types=_layer_types(26, 2)),
-    "gemma2_9b": ModelConfig(**_GEMMA2, hidden_size=3584, intermediate_size=14336, num_layers=42, num_heads=16,
-                             num_kv_heads=8, head_dim=256, query_pre_attn_scalar=256.0,
-                             layer_types=_layer_types(42, 2)),
-    "gemma2_27b": ModelConfig(**_GEMMA2, hidden_size=4608, intermediate_size=36864, num_layers=46, num_heads=32,
-                              num_kv_heads=16, head_dim=128, query_pre_attn_scalar=144.0,
-                              layer_types=_layer_types(46, 2)),
+    "gemma2_2b": _interleaved(2, **_GEMMA2, hidden_size=2304, intermediate_size=9216, num_layers=26, num_heads=8,
+                              num_kv_heads=4, head_dim=256, query_pre_attn_scalar=256.0),
+    "gemma2_9b": _interleaved(2, **_GEMMA2, hidden_size=3584, intermediate_size=14336, num_layers=42, num_heads=16,
+                              num_kv_heads=8, head_dim=256, query_pre_attn_scalar=256.0),
+    "gemma2_27b": _interleaved(2, **_GEMMA2, hidden_size=4608, intermediate_size=36864, num_layers=46, num_heads=32,
+                               num_kv_heads=16, head_dim=128, query_pre_attn_scalar=144.0),
 })
 
 # Gemma-3 text stacks, -it token ids (4B/12B/27B: the language model of Gemma3ForConditionalGeneration without
@@ -92,19 +90,16 @@ _GEMMA3 = dict(_GEMMA, family="gemma3_text", vocab_size=262208, rope_theta=10000
                max_position_embeddings=131072, eos_token_id=(1, 106), qk_norm=True, sliding_window=1024,
                rope_scaling=freeze_rope_scaling({"rope_type": "linear", "factor": 8.0}))
 PRESETS.update({
-    "gemma3_1b": ModelConfig(**{**_GEMMA3, "vocab_size": 262144, "max_position_embeddings": 32768,
-                                "sliding_window": 512, "rope_scaling": None}, hidden_size=1152,
-                             intermediate_size=6912, num_layers=26, num_heads=4, num_kv_heads=1, head_dim=256,
-                             query_pre_attn_scalar=256.0, layer_types=_layer_types(26, 6)),
-    "gemma3_4b": ModelConfig(**_GEMMA3, hidden_size=2560, intermediate_size=10240, num_layers=34, num_heads=8,
-                             num_kv_heads=4, head_dim=256, query_pre_attn_scalar=256.0,
-                             layer_types=_layer_types(34, 6)),
-    "gemma3_12b": ModelConfig(**_GEMMA3, hidden_size=3840, intermediate_size=15360, num_layers=48, num_heads=16,
-                              num_kv_heads=8, head_dim=256, query_pre_attn_scalar=256.0,
-                              layer_types=_layer_types(48, 6)),
-    "gemma3_27b": ModelConfig(**_GEMMA3, hidden_size=5376, intermediate_size=21504, num_layers=62, num_heads=32,
-                              num_kv_heads=16, head_dim=128, query_pre_attn_scalar=168.0,
-                              layer_types=_layer_types(62, 6)),
+    "gemma3_1b": _interleaved(6, **{**_GEMMA3, "vocab_size": 262144, "max_position_embeddings": 32768,
+                                    "sliding_window": 512, "rope_scaling": None}, hidden_size=1152,
+                              intermediate_size=6912, num_layers=26, num_heads=4, num_kv_heads=1, head_dim=256,
+                              query_pre_attn_scalar=256.0),
+    "gemma3_4b": _interleaved(6, **_GEMMA3, hidden_size=2560, intermediate_size=10240, num_layers=34, num_heads=8,
+                              num_kv_heads=4, head_dim=256, query_pre_attn_scalar=256.0),
+    "gemma3_12b": _interleaved(6, **_GEMMA3, hidden_size=3840, intermediate_size=15360, num_layers=48, num_heads=16,
+                               num_kv_heads=8, head_dim=256, query_pre_attn_scalar=256.0),
+    "gemma3_27b": _interleaved(6, **_GEMMA3, hidden_size=5376, intermediate_size=21504, num_layers=62, num_heads=32,
+                               num_kv_heads=16, head_dim=128, query_pre_attn_scalar=168.0),
 })
 
 
@@ -115,10 +110,10 @@ _TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=176, num_heads=4,
 PRESETS.update({
     "tiny_qwen2": ModelConfig(**{**_QWEN2P5_SMALL, **_TINY}, num_layers=2),
     "tiny_qwen3": ModelConfig(**{**_QWEN3, **_TINY}, num_layers=2),
-    "tiny_gemma2": ModelConfig(**{**_GEMMA2, **_TINY, "sliding_window": 16}, num_layers=2,
-                               query_pre_attn_scalar=16.0, layer_types=_layer_types(2, 2)),
-    "tiny_gemma3": ModelConfig(**{**_GEMMA3, **_TINY, "sliding_window": 16}, num_layers=3,
-                               query_pre_attn_scalar=16.0, layer_types=_layer_types(3, 3)),
+    "tiny_gemma2": _interleaved(2, **{**_GEMMA2, **_TINY, "sliding_window": 16}, num_layers=2,
+                                query_pre_attn_scalar=16.0),
+    "tiny_gemma3": _interleaved(3, **{**_GEMMA3, **_TINY, "sliding_window": 16}, num_layers=3,
+                                query_pre_attn_scalar=16.0),
 })
 
 

@@ -87,8 +87,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *, allow_config_cha
     eval_langs = resolve_languages(config.eval.langs, key="eval.langs")
   except ValueError as e:
     raise ConfigError(str(e)) from e
-  seen = set(data.languages) | set(getattr(data, "dominant_languages", ()))
-  unseen = [lang for lang in eval_langs if lang not in seen]
+  unseen = [lang for lang in eval_langs if lang not in data.seen_languages]
   print(f"data: truncated {data.truncation}; evaluation languages unseen in training: {', '.join(unseen) or 'none'}")
   return Prepared(model_cfg, mesh_shape, data, tokenizer, max(total, 1))
 

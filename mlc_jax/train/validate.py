@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from mlc_jax.data.preferences import MPO_DATASET_PREFIX
 from mlc_jax.models import PRESETS, ModelConfig, read_config
 from mlc_jax.models.decoder import ATTENTION_IMPLS, REMAT_POLICIES
 from mlc_jax.parallel.mesh import resolve_mesh_shape
@@ -55,7 +56,7 @@ def mlc_layer(config, cfg: ModelConfig) -> int:
 
 def _check_mpo(config):
   """MPO needs its own data (a pair in a dominant and in a target language) and has no prompt variants."""
-  mpo_data = config.data.source == "tfds" and config.data.name.startswith("mpo_pairs/")
+  mpo_data = config.data.source == "tfds" and config.data.name.startswith(MPO_DATASET_PREFIX)
   if config.objective.base == "mpo":
     if not mpo_data:
       raise ConfigError(f"objective.base='mpo' trains on an mpo_pairs dataset: set data.source='tfds' and "

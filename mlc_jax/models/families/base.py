@@ -86,47 +86,38 @@ def decoder_rules(cfg: ModelConfig, block_norms: dict[str, str]) -> tuple[ParamR
   return tuple(table)
 
 
-def _ids(value):
-  return tuple(value) if isinstance(value, list) else value
+# (ModelConfig field, transformers config attribute) that every family maps one-to-one, both directions.
+COMMON_FIELDS = (
+    ("vocab_size", "vocab_size"), ("hidden_size", "hidden_size"), ("intermediate_size", "intermediate_size"),
+    ("num_layers", "num_hidden_layers"), ("num_heads", "num_attention_heads"),
+    ("num_kv_heads", "num_key_value_heads"), ("head_dim", "head_dim"),
+    ("max_position_embeddings", "max_position_embeddings"), ("rms_norm_eps", "rms_norm_eps"),
+    ("tie_embeddings", "tie_word_embeddings"), ("bos_token_id", "bos_token_id"),
+    ("eos_token_id", "eos_token_id"), ("pad_token_id", "pad_token_id"),
+)
 
 
 def common_fields_from_hf(hf) -> dict[str, Any]:
-  """The ModelConfig fields every family reads the same way from a transformers config."""
-  return dict(
-      vocab_size=hf.vocab_size,
-      hidden_size=hf.hidden_size,
-      intermediate_size=hf.intermediate_size,
-      num_layers=hf.num_hidden_layers,
-      num_heads=hf.num_attention_heads,
-      num_kv_heads=hf.num_key_value_heads or hf.num_attention_heads,
-      head_dim=getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads,
-      max_position_embeddings=hf.max_position_embeddings,
-      rms_norm_eps=hf.rms_norm_eps,
-      tie_embeddings=bool(hf.tie_word_embeddings),
-      bos_token_id=hf.bos_token_id,
-      eos_token_id=_ids(hf.eos_token_id),
-      pad_token_id=hf.pad_token_id,
-  )
+  """The ModelConfig fields of `COMMON_FIELDS` read from a transformers config.
+
+  A missing `num_key_value_heads` means MHA and a missing `head_dim` means hidden / heads; a list of eos ids
+  becomes a tuple (ModelConfig is hashable).
+  """
+  fields = {ours: getattr(hf, theirs, None) for ours, theirs in COMMON_FIELDS}
+  fields["num_kv_heads"] = fields["num_kv_heads"] or hf.num_attention_heads
+  fields["head_dim"] = fields["head_dim"] or hf.hidden_size // hf.num_attention_heads
+  fields["tie_embeddings"] = bool(fields["tie_embeddings"])
+  if isinstance(fields["eos_token_id"], list):
+    fields["eos_token_id"] = tuple(fields["eos_token_id"])
+  return fields
 
 
 def common_hf_kwargs(cfg: ModelConfig, architecture: str) -> dict[str, Any]:
-  """The transformers config kwargs every family writes the same way (inverse of `common_fields_from_hf`)."""
-  return dict(
-      vocab_size=cfg.vocab_size,
-      hidden_size=cfg.hidden_size,
-      intermediate_size=cfg.intermediate_size,
-      num_hidden_layers=cfg.num_layers,
-      num_attention_heads=cfg.num_heads,
-      num_key_value_heads=cfg.num_kv_heads,
-      head_dim=cfg.head_dim,
-      max_position_embeddings=cfg.max_position_embeddings,
-      rms_norm_eps=cfg.rms_norm_eps,
-      tie_word_embeddings=cfg.tie_embeddings,
-      bos_token_id=cfg.bos_token_id,
-      eos_token_id=list(cfg.eos_token_id) if isinstance(cfg.eos_token_id, tuple) else cfg.eos_token_id,
-      pad_token_id=cfg.pad_token_id,
-      architectures=[architecture],
-  )
+  """The transformers config kwargs of `COMMON_FIELDS` (inverse of `common_fields_from_hf`) and architectures."""
+  kwargs = {theirs: getattr(cfg, ours) for ours, theirs in COMMON_FIELDS}
+  if isinstance(cfg.eos_token_id, tuple):
+    kwargs["eos_token_id"] = list(cfg.eos_token_id)
+  return dict(kwargs, architectures=[architecture])
 
 
 def rope_from_hf(params: dict | None, default_theta: float = 10000.0) -> tuple[float, dict | None]:
