@@ -5,7 +5,7 @@
 What it should reach on a 2-core CPU in about a minute: 60 steps, the DPO loss falling from log 2 ≈ 0.693,
 reward accuracy above 0.5, and the MLC σ1 share (collinearity of the 10 language representations) rising.
 """
-from mlc_jax.train.config_lib import base_config
+from mlc_jax.config import base_config
 
 
 def get_config(arg=None):

@@ -43,35 +43,22 @@ is precomputed before training (one forward pass over the data, cached in WORKDI
 `model=tiny` (or tiny_qwen2, tiny_qwen3, tiny_gemma2, tiny_gemma3) runs on a CPU in minutes. The data is the
 `mlc_pku_saferlhf/dpo` TFDS dataset, prepared on first use from `data.manual_dir` (../shared/data).
 """
-from mlc_jax.train.config_lib import ConfigError, base_config
+from mlc_jax.config import base_config, parse_arg
 
 JSONL_DATA = "../shared/data/mlc/pku_saferlhf_safety_test.jsonl"
 
-
-def parse_arg(arg):
-  fields = dict(model="tiny", langs="mlc10", base="dpo", mlc="true", data="")
-  for item in filter(None, (arg or "").split(",")):
-    key, sep, value = item.partition("=")
-    if not sep or key not in fields:
-      raise ConfigError(f"configs/mlc.py: bad argument {item!r}; expected key=value with key in {sorted(fields)}")
-    fields[key] = value
-  if fields["mlc"] not in ("true", "false"):
-    raise ConfigError(f"configs/mlc.py: mlc={fields['mlc']!r}; expected true or false")
-  return fields
-
-
+# Per base objective: its hyper-parameters (objective.<base>.*) where they differ from the objective's defaults.
 BASE_HYPERPARAMETERS = {"sft": {}, "dpo": dict(beta=0.1), "ipo": dict(beta=0.1), "hinge": dict(beta=0.1),
                         "simpo": dict(beta=2.0, gamma=0.5), "orpo": dict(beta=0.1)}
 
 
 def get_config(arg=None):
-  a = parse_arg(arg)
+  a = parse_arg(arg, file="configs/mlc.py", choices=dict(mlc=("true", "false"), base=tuple(BASE_HYPERPARAMETERS)),
+                defaults=dict(model="tiny", langs="mlc10", base="dpo", mlc="true", data=""))
   c = base_config()
   c.model.preset = a["model"]
-  c.objective.base = a["base"]
-  if a["base"] not in BASE_HYPERPARAMETERS:
-    raise ConfigError(f"configs/mlc.py: base={a['base']!r}; expected one of {', '.join(BASE_HYPERPARAMETERS)}")
-  c.objective.update(BASE_HYPERPARAMETERS[a["base"]])
+  c.objective.name = a["base"]
+  c.objective[a["base"]].update(BASE_HYPERPARAMETERS[a["base"]])
   c.mlc.enabled = a["mlc"] == "true"
   c.data.langs = a["langs"].replace("+", ",")
   c.data.source = a["data"] or ("builtin" if a["langs"] == "builtin" else "tfds")

@@ -44,7 +44,7 @@ Metrics (WORKDIR/metrics.jsonl): mpo_loss (L1), retention_loss (L2), reward_marg
 dominant_gap (the frozen dominant RG) overall and per target language (`reward_margin/ko`, `dominant_gap/ko`,
 `mpo_loss/ko`, `reward_acc/ko`, …): training closes reward_margin/xx onto dominant_gap/xx.
 """
-from mlc_jax.train.config_lib import ConfigError, base_config
+from mlc_jax.config import base_config, parse_arg
 
 # The paper's per-model hyper-parameters (official code).
 PAPER = {
@@ -56,28 +56,15 @@ PAPER = {
 DATASETS = ("llama", "gemma", "qwen")
 
 
-def parse_arg(arg):
-  fields = dict(model="tiny", data="", langs="mpo")
-  for item in filter(None, (arg or "").split(",")):
-    key, sep, value = item.partition("=")
-    if not sep or key not in fields:
-      raise ConfigError(f"configs/mpo.py: bad argument {item!r}; expected key=value with key in {sorted(fields)}")
-    fields[key] = value
-  if fields["model"] not in PAPER:
-    raise ConfigError(f"configs/mpo.py: model={fields['model']!r}; expected one of {', '.join(PAPER)}")
-  fields["data"] = fields["data"] or PAPER[fields["model"]]["data"]
-  if fields["data"] not in DATASETS:
-    raise ConfigError(f"configs/mpo.py: data={fields['data']!r}; expected one of {', '.join(DATASETS)}")
-  return fields
-
-
 def get_config(arg=None):
-  a = parse_arg(arg)
+  a = parse_arg(arg, file="configs/mpo.py", defaults=dict(model="tiny", data="", langs="mpo"),
+                choices=dict(model=tuple(PAPER), data=("", *DATASETS)))  # data '' = the model's own
+  a["data"] = a["data"] or PAPER[a["model"]]["data"]
   paper = PAPER[a["model"]]
   c = base_config()
   c.model.preset = a["model"]
-  c.objective.base = "mpo"
-  c.objective.beta = paper["beta"]
+  c.objective.name = "mpo"
+  c.objective.mpo.beta = paper["beta"]
   c.mlc.enabled = False
   c.data.source, c.data.name = "tfds", f"mpo_pairs/{a['data']}"
   c.data.langs = a["langs"].replace("+", ",")

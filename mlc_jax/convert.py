@@ -16,7 +16,7 @@ import time
 import jax.numpy as jnp
 import numpy as np
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+from mlc_jax.models.config import DTYPES
 
 
 def parse_args(argv):

@@ -12,65 +12,84 @@ import argparse
 import json
 import os
 import sys
+from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import save_file
+
+from mlc_jax.models.config import DTYPES
 
 EXTRACTOR_FILE = "mlc_extractor.safetensors"
 EXTRACTOR_META = "mlc_extractor.json"
 
 
-def restore_params(workdir: str, step: int | None = None):
-  """(config, model Decoder with the checkpoint's weights, extractor params or None, step) of a run."""
+class RestoredRun(NamedTuple):
+  """A training run's parameters at one checkpoint step (no optimizer state)."""
+
+  run: object  # the run's RunConfig (sections: .model, .mlc, .tokenizer, …)
+  model: object  # the Decoder with the checkpoint's weights
+  extractor: dict | None  # the MLC extractor's parameters {'kernel', 'bias'}, or None
+  step: int
+
+
+def load_run_config(workdir: str):
+  """The RunConfig of the run in `workdir` (from its config.json)."""
   import ml_collections
 
-  from mlc_jax.parallel.mesh import make_mesh
-  from mlc_jax.train import checkpointing
-  from mlc_jax.train.config_lib import ConfigError
-  from mlc_jax.train.state import init_train_state
-  from mlc_jax.train.validate import model_config
+  from mlc_jax.config import RunConfig
 
   config_file = os.path.join(workdir, "config.json")
   if not os.path.isfile(config_file):
     raise FileNotFoundError(f"{config_file} is missing: {workdir!r} is not a training workdir")
   with open(config_file) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  mngr = checkpointing.manager(workdir, keep=config.checkpoint.keep, every=1, async_save=False)
-  steps = mngr.all_steps()
-  if not steps:
-    raise FileNotFoundError(f"{workdir}/checkpoints holds no complete checkpoint")
-  step = max(steps) if step is None else step
-  if step not in steps:
-    raise ValueError(f"--step {step}: no checkpoint at that step; available: {sorted(steps)}")
-  cfg = model_config(config)
-  config.mesh.shape = (1, 1, 1)
-  mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  if config.model.hf_path and not os.path.isdir(config.model.hf_path):
-    raise ConfigError(f"model.hf_path={config.model.hf_path!r} (the run's starting point) is gone")
-  built = init_train_state(config, cfg, mesh, total_steps=1)
-  state, _ = checkpointing.restore(mngr, step, built.state, built.shardings)
-  mngr.close()
-  model = built.policy_def.merge_model(state.params["model"])
-  return config, model, state.params.get("extractor"), step
+    return RunConfig.parse(ml_collections.ConfigDict(json.load(f)))
+
+
+def restore_params(workdir: str, step: int | None = None, *, mesh=None) -> RestoredRun:
+  """The parameters of a run's checkpoint at `step` (default: the latest), restored onto `mesh`.
+
+  Only the parameters are read (an Orbax partial restore into the abstract train state): no optimizer state, no
+  reference copy and no initial model is ever built, so a host needs the parameters' memory once. The default mesh
+  shards them over every local device along `fsdp`.
+  """
+  from mlc_jax.config import ConfigError
+  from mlc_jax.parallel.mesh import make_mesh
+  from mlc_jax.train import checkpointing
+  from mlc_jax.train.state import abstract_train_state
+
+  run = load_run_config(workdir)
+  if run.model.hf_path and not os.path.isdir(run.model.hf_path):
+    raise ConfigError(f"model.hf_path={run.model.hf_path!r} (the run's starting point, which holds its architecture "
+                      "and tokenizer) is gone")
+  mngr = checkpointing.manager(workdir, keep=run.checkpoint.keep, every=1, async_save=False)
+  try:
+    steps = mngr.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"{workdir}/checkpoints holds no complete checkpoint")
+    step = max(steps) if step is None else step
+    if step not in steps:
+      raise ValueError(f"--step {step}: no checkpoint at that step; available: {sorted(steps)}")
+    mesh = make_mesh((1, -1, 1), devices=jax.local_devices()) if mesh is None else mesh
+    spec = abstract_train_state(run, run.architecture(), mesh)
+    params = checkpointing.restore_params(mngr, step, spec.abstract.params)
+  finally:
+    mngr.close()
+  return RestoredRun(run, spec.policy_def.merge_model(params["model"]), params.get("extractor"), step)
 
 
 def export(workdir: str, out: str, *, step: int | None = None, dtype=None, overwrite: bool = False) -> str:
   from mlc_jax.data.tokenizer import load_tokenizer
   from mlc_jax.models import save_hf
-  from mlc_jax.train.validate import mlc_layer
 
-  config, model, extractor, step = restore_params(workdir, step)
-  tokenizer = load_tokenizer(config.tokenizer or config.model.hf_path or None)
+  run, model, extractor, step = restore_params(workdir, step)
+  tokenizer = load_tokenizer(run.tokenizer or run.model.hf_path or None)
   save_hf(model, out, tokenizer=tokenizer, dtype=dtype, overwrite=overwrite)
   if extractor is not None:
     save_file({"kernel": np.asarray(extractor["kernel"], np.float32), "bias": np.asarray(extractor["bias"], np.float32)},
               os.path.join(out, EXTRACTOR_FILE))
-    meta = {"hidden_states_index": mlc_layer(config, model.cfg), "extractor_dim": config.mlc.extractor_dim,
-            "tau": config.mlc.tau, "normalize": config.mlc.normalize, "step": step}
     with open(os.path.join(out, EXTRACTOR_META), "w") as f:
-      json.dump(meta, f, indent=2)
+      json.dump({**run.mlc.metadata(model.cfg), "step": step}, f, indent=2)
   print(f"exported step {step} of {workdir} to {out}")
   return out
 
@@ -80,11 +99,11 @@ def main(argv=None) -> int:
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--out", required=True)
   parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-  parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="dtype on disk")
+  parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="dtype on disk (default: the run's)")
   parser.add_argument("--overwrite", action="store_true")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
   try:
-    export(args.workdir, args.out, step=args.step, dtype=getattr(jnp, args.dtype) if args.dtype else None,
+    export(args.workdir, args.out, step=args.step, dtype=DTYPES[args.dtype] if args.dtype else None,
            overwrite=args.overwrite)
   except (OSError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -27,9 +27,10 @@ def main():
   from mlc_jax.data.pipeline import batch_iterator
   from mlc_jax.data.preferences import load_preferences
   from mlc_jax.data.tokenizer import byte_tokenizer
-  from mlc_jax.train import config_lib, trainer
+  from mlc_jax.config import apply_overrides, load_config_file
+  from mlc_jax.train import trainer
 
-  config = config_lib.load_config_file(os.path.join(ROOT, "configs", "mlc.py") + ":model=tiny,langs=mlc10")
+  config = load_config_file(os.path.join(ROOT, "configs", "mlc.py") + ":model=tiny,langs=mlc10")
   config.data.path = args.data
   examples, _ = load_preferences("mlc_jsonl", args.data, config.data.langs, empty_responses="keep")
   limits = SequenceLimits(config.data.max_prompt_len, config.data.max_response_len, config.data.mlc_prompt_len)
@@ -46,9 +47,8 @@ def main():
   pipeline_rate = args.batches * batch / (time.perf_counter() - start)
 
   with tempfile.TemporaryDirectory() as workdir:
-    config_lib.apply_overrides(config, [f"train.steps={args.steps}", f"train.log_every={args.steps // 2}",
-                                        "mesh.shape=(1,1,1)"])
-    trainer.run(config, workdir)
+    apply_overrides(config, [f"train.steps={args.steps}", f"train.log_every={args.steps // 2}", "mesh.shape=(1,1,1)"])
+    trainer.train(config, workdir)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       last = [json.loads(line) for line in f][-1]  # the second half of the run: compiled, steady
   step_rate = batch / last["step_time_s"]

@@ -1,26 +1,21 @@
 """Shared by the training tests: a small demo config and an in-process training loop."""
-import os
-
 import jax
 import numpy as np
+from paths import ROOT
 
+from mlc_jax.config import RunConfig, apply_overrides, load_config_file
 from mlc_jax.data import batching, pipeline
 from mlc_jax.data.preferences import load_preferences
 from mlc_jax.data.tokenizer import byte_tokenizer
-from mlc_jax.train import config_lib
-from mlc_jax.train.objective import Objective
-from mlc_jax.train.state import init_train_state
+from mlc_jax.train.state import abstract_train_state, init_train_state
 from mlc_jax.train.step import batch_sharding, make_train_step, split_micro_batches, to_device
-from mlc_jax.train.validate import model_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DEMO = os.path.join(ROOT, "configs", "demo.py")
+DEMO = str(ROOT / "configs" / "demo.py")
 SMALL = ["data.max_prompt_len=24", "data.max_response_len=24", "data.mlc_prompt_len=24", "mlc.extractor_dim=16"]
 
 
 def small_config(*overrides):
-  config = config_lib.load_config_file(DEMO)
-  return config_lib.apply_overrides(config, [*SMALL, "reference=frozen_copy", *overrides])
+  return apply_overrides(load_config_file(DEMO), [*SMALL, "reference=frozen_copy", *overrides])
 
 
 def tokenized_builtin(config):
@@ -30,23 +25,38 @@ def tokenized_builtin(config):
   return batching.tokenize_examples(examples, byte_tokenizer(), limits)
 
 
-def train_in_process(config, mesh, steps):
-  """Runs `steps` train steps on `mesh`; returns (final model params as numpy, per-step metrics).
+def setup(config, mesh, total_steps=1):
+  """(RunConfig, TrainStateSpec, initial TrainState) of `config` on `mesh`."""
+  run = RunConfig.parse(config)
+  spec = abstract_train_state(run, run.architecture(), mesh, total_steps)
+  return run, spec, init_train_state(spec, run)
 
-  Uses reference='frozen_copy' semantics from the config (no precomputation pass).
+
+def compiled_step(run, spec, mesh, num_languages=0):
+  return make_train_step(spec, run.objective, run.mlc if run.mlc.enabled else None, mesh=mesh,
+                         num_languages=num_languages)
+
+
+def device_batch(batch, mesh, grad_accum=1):
+  """A host batch (without `index`) as the step's `[grad_accum, micro, …]` device arrays."""
+  return to_device(split_micro_batches(batch, grad_accum), batch_sharding(mesh, accumulated=True))
+
+
+def train_in_process(config, mesh, steps, data=None):
+  """Runs `steps` train steps on `mesh`; returns (final params as numpy, per-step metrics).
+
+  Uses reference='frozen_copy' semantics from the config (no precomputation pass); `data` defaults to the
+  built-in preference set tokenized with the config's limits.
   """
-  cfg = model_config(config)
-  data = tokenized_builtin(config)
-  built = init_train_state(config, cfg, mesh, total_steps=steps)
-  step_fn = make_train_step(built, Objective.from_config(config, cfg.num_layers), aux_every=config.mlc.aux_every,
-                            mesh=mesh)
-  iterator = pipeline.batch_iterator(data, config.train.batch_size, seed=0)
-  state, history = built.state, []
+  run, spec, state = setup(config, mesh, steps)
+  data = tokenized_builtin(config) if data is None else data
+  step_fn = compiled_step(run, spec, mesh)
+  iterator = pipeline.batch_iterator(data, run.train.batch_size, seed=0)
+  history = []
   for _ in range(steps):
     batch = next(iterator)
     batch.pop("index")
-    state, metrics = step_fn(state, to_device(split_micro_batches(batch, config.train.grad_accum),
-                                              batch_sharding(mesh, accumulated=True)))
+    state, metrics = step_fn(state, device_batch(batch, mesh, run.train.grad_accum))
     history.append(jax.device_get(metrics))
   return jax.tree.map(np.asarray, jax.device_get(state.params)), history
 

@@ -9,8 +9,9 @@ import jax
 import jax.numpy as jnp
 
 
-def _softcap(logits: jax.Array, cap: float | None) -> jax.Array:
-  return logits if cap is None else cap * jnp.tanh(logits / cap)
+def softcap(x: jax.Array, cap: float | None) -> jax.Array:
+  """`cap * tanh(x / cap)` (Gemma-2's attention and logit soft-caps); `x` unchanged when `cap` is None."""
+  return x if cap is None else cap * jnp.tanh(x / cap)
 
 
 def token_logps(
@@ -37,14 +38,14 @@ def token_logps(
   vocab = head.shape[1]
   # Target logits from the target columns of the head: [D, B, S] gathered, then a [B, S, D] dot.
   target_cols = jnp.take(head, targets, axis=1, mode="clip")
-  target_logits = _softcap(jnp.einsum("bsd,dbs->bs", hidden, target_cols, preferred_element_type=jnp.float32),
+  target_logits = softcap(jnp.einsum("bsd,dbs->bs", hidden, target_cols, preferred_element_type=jnp.float32),
                            logit_softcap)
 
   def chunk_logsumexp(start: jax.Array | int, size: int) -> jax.Array:
     cols = jax.lax.dynamic_slice_in_dim(head, start, size, axis=1)
     # One 2-D matmul [B·S, D] @ [D, C]: cheaper on XLA:CPU than a 3-D einsum in the backward pass.
     flat = jnp.matmul(hidden.reshape(-1, hidden.shape[-1]), cols, preferred_element_type=jnp.float32)
-    logits = _softcap(flat.reshape(*hidden.shape[:-1], size), logit_softcap)
+    logits = softcap(flat.reshape(*hidden.shape[:-1], size), logit_softcap)
     return jax.nn.logsumexp(logits, axis=-1)
 
   if vocab_chunk is None:

@@ -17,13 +17,6 @@ def reward_gap_errors(dominant_chosen_avg, dominant_rejected_avg, target_chosen_
   return jnp.square(beta * (tc - tr) - dominant_gap)
 
 
-def reward_gap_loss(dominant_chosen_avg, dominant_rejected_avg, target_chosen_avg, target_rejected_avg, *,
-                    beta: float) -> jax.Array:
-  """Scalar L1 of MPO: the batch mean of `reward_gap_errors`."""
-  return jnp.mean(reward_gap_errors(dominant_chosen_avg, dominant_rejected_avg, target_chosen_avg,
-                                    target_rejected_avg, beta=beta))
-
-
 def mean_pool(hidden, mask, *, include_padding: bool = False) -> jax.Array:
   """Mean over positions `[batch, seq, hidden]` → `[batch, hidden]` (float32).
 
@@ -37,18 +30,9 @@ def mean_pool(hidden, mask, *, include_padding: bool = False) -> jax.Array:
   return (hidden * mask).sum(axis=1) / jnp.maximum(mask.sum(axis=1), 1.0)
 
 
-def retention_loss(policy_hidden, reference_hidden, mask, *, include_padding: bool = False) -> jax.Array:
-  """Scalar MSE between mean-pooled final hidden states `[batch, seq, hidden]` of policy and reference.
-
-  The reference side carries no gradient. See `mean_pool` for `include_padding`.
-  """
-  return pooled_mse(mean_pool(policy_hidden, mask, include_padding=include_padding),
-                    mean_pool(reference_hidden, mask, include_padding=include_padding))
-
-
 def pooled_mse(policy_pooled, reference_pooled) -> jax.Array:
-  """Scalar mean squared error between pooled states `[batch, hidden]`; the reference carries no gradient.
+  """MPO's L2: the scalar mean squared error between pooled states `[batch, hidden]` (see `mean_pool`).
 
-  The train step uses it directly: the reference's pooled states are computed once before training.
+  The reference side carries no gradient (its pooled states are usually computed once before training).
   """
   return jnp.mean(jnp.square(policy_pooled.astype(jnp.float32) - jax.lax.stop_gradient(reference_pooled)))

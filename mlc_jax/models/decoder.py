@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mlc_jax.losses.logps import softcap, token_logps
 from mlc_jax.models import rope
 from mlc_jax.models.config import ModelConfig
 
@@ -110,10 +111,10 @@ class AttentionInputs(NamedTuple):
   sliding_mask_bst: jax.Array | None
 
 
-def xla_attention(q_bsnh, k_btkh, v_btkh, mask_bst, *, scale: float, softcap: float | None = None):
+def xla_attention(q_bsnh, k_btkh, v_btkh, mask_bst, *, scale: float, cap: float | None = None):
   """Softmax attention with GQA over full `[s, t]` scores (float32), masked where `mask_bst` is False.
 
-  Scores are `q·k * scale`, then soft-capped `c * tanh(score / c)` when `softcap` is given (before masking, as
+  Scores are `q·k * scale`, then soft-capped `c * tanh(score / c)` when `cap` is given (before masking, as
   HF does). A fully masked query row (left padding) attends uniformly and stays finite.
   """
   dtype = q_bsnh.dtype
@@ -121,8 +122,7 @@ def xla_attention(q_bsnh, k_btkh, v_btkh, mask_bst, *, scale: float, softcap: fl
   k_heads = k_btkh.shape[2]
   q_bskgh = q_bsnh.reshape(b, s, k_heads, n // k_heads, h)
   scores = jnp.einsum("bskgh,btkh->bkgst", q_bskgh, k_btkh).astype(jnp.float32) * scale
-  if softcap is not None:
-    scores = softcap * jnp.tanh(scores / softcap)
+  scores = softcap(scores, cap)
   scores = jnp.where(mask_bst[:, None, None], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
   out_bskgh = jnp.einsum("bkgst,btkh->bskgh", probs, v_btkh)
@@ -197,7 +197,7 @@ class Attention(nnx.Module):
       if windowed:
         mask_bst = jnp.where(is_sliding, inputs.sliding_mask_bst, mask_bst)
       return xla_attention(q_bsnh, k_btkh, v_btkh, mask_bst, scale=cfg.attention_scale,
-                           softcap=cfg.attn_logit_softcap)
+                           cap=cfg.attn_logit_softcap)
     run = functools.partial(fused_attention, q_bsnh, k_btkh, v_btkh, inputs.key_mask_bt, scale=cfg.attention_scale,
                             implementation="cudnn" if self.attention_impl == "cudnn" else None)
     if not windowed:
@@ -260,15 +260,21 @@ class Decoder(nnx.Module):
     remat: rematerialisation of each block in the backward pass: 'none', 'full' or 'dots'.
     attention_impl: 'xla' (default), 'dot_product' or 'cudnn'; see ATTENTION_IMPLS. Soft-capped attention
       (Gemma-2) always runs 'xla'.
+    vocab_chunk: how `token_logps` computes the log-partition: None over the whole vocabulary at once, C
+      streamed over chunks of C columns (never a float32 `[b, s, v]` array; C must divide the vocabulary).
   """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
-               remat: str = "none", attention_impl: str = "xla"):
+               remat: str = "none", attention_impl: str = "xla", vocab_chunk: int | None = None):
     if remat not in REMAT_POLICIES:
       raise ValueError(f"remat={remat!r} is not one of {sorted(REMAT_POLICIES)}")
     if attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"attention_impl={attention_impl!r} is not one of {', '.join(ATTENTION_IMPLS)}")
+    if vocab_chunk is not None and (vocab_chunk <= 0 or cfg.vocab_size % vocab_chunk):
+      raise ValueError(f"vocab_chunk={vocab_chunk} must be a positive divisor of the vocabulary size "
+                       f"{cfg.vocab_size}")
     self.cfg, self.dtype, self.remat, self.attention_impl = cfg, dtype, remat, attention_impl
+    self.vocab_chunk = vocab_chunk
     self.embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size), param_dtype),
                            axes=("vocab", "embed"))
     self.blocks = Block(cfg, param_dtype=param_dtype, rngs=rngs, num_layers=cfg.num_layers,
@@ -281,6 +287,17 @@ class Decoder(nnx.Module):
   def unembedding(self) -> jnp.ndarray:
     """The LM-head matrix `[hidden, vocab]` (the transposed embedding table when tied)."""
     return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
+
+  def logits(self, hidden_bsd) -> jax.Array:
+    """Float32 logits `[b, s, v]` of final hidden states `[b, s, d]`, soft-capped when the config says so."""
+    logits_bsv = jnp.einsum("bsd,dv->bsv", hidden_bsd, self.unembedding().astype(hidden_bsd.dtype),
+                            preferred_element_type=jnp.float32)
+    return softcap(logits_bsv, self.cfg.final_logit_softcap)
+
+  def token_logps(self, hidden_bsd, targets_bs) -> jax.Array:
+    """`log p(targets[b, s] | hidden[b, s])` `[b, s]` float32 (chunked over the vocabulary with `vocab_chunk`)."""
+    return token_logps(hidden_bsd, self.unembedding(), targets_bs, vocab_chunk=self.vocab_chunk,
+                       logit_softcap=self.cfg.final_logit_softcap)
 
   def hidden_states(self, input_ids, attention_mask=None, *, positions=None, num_blocks: int | None = None,
                     collect: bool = False):
@@ -367,16 +384,11 @@ class Decoder(nnx.Module):
 
     The hidden states are a tuple of `num_layers + 1` arrays `[batch, seq, hidden]`: index 0 the embedding
     output, i the output of block i, and the last the final-norm output (as HF transformers returns them).
-    With `cfg.final_logit_softcap` c the logits are `c * tanh(logits / c)` (pass c as `logit_softcap` to
-    `mlc_jax.losses.logps.token_logps` when computing log-probs from `hidden_states` and `unembedding`).
+    With `cfg.final_logit_softcap` c the logits are `c * tanh(logits / c)` (`token_logps` applies it too).
     """
     out = self.hidden_states(input_ids, attention_mask, positions=positions, collect=output_hidden_states)
     last_bsd, per_block_lbsd = out if output_hidden_states else (out, None)
-    logits_bsv = jnp.einsum("bsd,dv->bsv", last_bsd, self.unembedding().astype(last_bsd.dtype),
-                            preferred_element_type=jnp.float32)
-    cap = self.cfg.final_logit_softcap
-    if cap is not None:
-      logits_bsv = cap * jnp.tanh(logits_bsv / cap)
+    logits_bsv = self.logits(last_bsd)
     if not output_hidden_states:
       return logits_bsv
     hidden = (self.embed_tokens(input_ids), *(per_block_lbsd[i] for i in range(self.cfg.num_layers - 1)), last_bsd)
@@ -384,5 +396,5 @@ class Decoder(nnx.Module):
 
 
 def init_model(cfg: ModelConfig, *, seed: int = 0, **kwargs: Any) -> Decoder:
-  """A randomly initialised `Decoder` (kwargs: dtype, param_dtype, remat, attention_impl)."""
+  """A randomly initialised `Decoder` (kwargs: dtype, param_dtype, remat, attention_impl, vocab_chunk)."""
   return Decoder(cfg, rngs=nnx.Rngs(seed), **kwargs)

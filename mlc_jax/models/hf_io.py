@@ -95,7 +95,7 @@ def _check_coverage(rules: tuple[ParamRule, ...], params: dict[str, Any], family
 
 
 def load_hf(path: str, *, dtype=jnp.float32, mesh: Mesh | None = None, rules=sharding_lib.DEFAULT_RULES,
-            compute_dtype=None, remat: str = "none", attention_impl: str = "xla") -> Decoder:
+            compute_dtype=None, **decoder_kwargs) -> Decoder:
   """Loads a local HF directory (config.json + safetensors, single or sharded) into a `Decoder`.
 
   Args:
@@ -104,12 +104,11 @@ def load_hf(path: str, *, dtype=jnp.float32, mesh: Mesh | None = None, rules=sha
     mesh: with a mesh, every tensor is placed straight into its `NamedSharding` (from the parameters' logical
       axes and `rules`); each device's piece is read from disk one layer at a time, never a second full copy.
     compute_dtype: activation dtype (defaults to `dtype`).
-    remat: block rematerialisation policy ('none', 'full', 'dots').
-    attention_impl: 'xla', 'dot_product' or 'cudnn' (see `mlc_jax.models.decoder.ATTENTION_IMPLS`).
+    decoder_kwargs: further `Decoder` options (remat, attention_impl, vocab_chunk).
   """
   cfg, family = read_config(path)
   weight_map = _weight_map(path)
-  model_kwargs = dict(dtype=compute_dtype or dtype, param_dtype=dtype, remat=remat, attention_impl=attention_impl)
+  model_kwargs = dict(decoder_kwargs, dtype=compute_dtype or dtype, param_dtype=dtype)
   abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0), **model_kwargs))
   graphdef, abstract_state = nnx.split(abstract)
   params = _flat_params(abstract_state)

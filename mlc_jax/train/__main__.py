@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mlc_jax.train import config_lib
-
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(prog="python -m mlc_jax.train", description=__doc__.splitlines()[0])
@@ -29,16 +27,18 @@ def parse_args(argv):
   return args, overrides
 
 
-def main(argv=None) -> int:
+def main(argv=None, *, on_step=None) -> int:
+  """The CLI; `on_step(step, state)` is called after every step (the tests inject faults with it)."""
   args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-  from mlc_jax.train import trainer  # after argument parsing: importing jax is slow
+  from mlc_jax.config import ConfigError, apply_overrides, load_config_file  # after parsing: importing jax is slow
+  from mlc_jax.train import trainer
   if args.multihost:
     import jax
     jax.distributed.initialize()
   try:
-    config = config_lib.apply_overrides(config_lib.load_config_file(args.config), overrides)
-    trainer.run(config, args.workdir, allow_config_change=args.allow_config_change)
-  except config_lib.ConfigError as e:
+    config = apply_overrides(load_config_file(args.config), overrides)
+    trainer.train(config, args.workdir, allow_config_change=args.allow_config_change, on_step=on_step)
+  except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   except trainer.NonFiniteLoss as e:

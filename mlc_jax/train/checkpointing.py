@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 
-import jax
 import orbax.checkpoint as ocp
 
 
@@ -20,9 +19,16 @@ def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict, *, for
                                                  data=ocp.args.JsonSave(data_state)), force=force)
 
 
-def restore(mngr: ocp.CheckpointManager, step: int, state_like, shardings):
-  """(state, data_state) at `step`; arrays are restored straight into `shardings`."""
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_like, shardings)
-  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
+  """(state, data_state) at `step`, each array read straight into the sharding of its `jax.ShapeDtypeStruct`."""
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
                                                         data=ocp.args.JsonRestore()))
   return restored["state"], restored["data"]
+
+
+def restore_params(mngr: ocp.CheckpointManager, step: int, abstract_params: dict) -> dict:
+  """Only the parameters (`state.params`) at `step`: the optimizer state and the reference copy are never read."""
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+      item={"params": abstract_params}, restore_args=ocp.checkpoint_utils.construct_restore_args(
+          {"params": abstract_params}), partial_restore=True)))
+  return restored["state"]["params"]

@@ -1,7 +1,7 @@
 """Training metrics: averaged over each logging window, written to WORKDIR/metrics.jsonl and TensorBoard.
 
 Per-language metrics arrive as per-language sums `by_language/<name>` `[K]` and counts `by_language/count`
-(see `objective.per_language_sums`); they are written as `<name>/<language>`, the mean over the window's
+(see `step.per_language_sums`); they are written as `<name>/<language>`, the mean over the window's
 examples in that language (languages with no example in the window are left out).
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections import defaultdict
 import numpy as np
 from tensorboardX import SummaryWriter
 
-from mlc_jax.train.objective import PER_LANGUAGE_PREFIX
+from mlc_jax.train.step import PER_LANGUAGE_PREFIX
 
 # Written only for steps that computed them (MLC runs every `aux_every` steps).
 MLC_KEYS = ("mlc_loss", "sigma1_share")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -30,12 +30,14 @@ def cache_key(model_identity: dict, data, input_keys: Sequence[str]) -> str:
   return h.hexdigest()[:24]
 
 
-def precompute(fn, model_params, data, *, input_keys: Sequence[str], output_keys: Sequence[str], batch_size: int,
-               mesh, cache_dir: str, model_identity: dict, name: str) -> dict[str, np.ndarray]:
+def precompute(fn, initial_params: Callable[[], dict], data, *, input_keys: Sequence[str],
+               output_keys: Sequence[str], batch_size: int, mesh, cache_dir: str, model_identity: dict,
+               name: str) -> dict[str, np.ndarray]:
   """`{key: [N, …]}` for `output_keys`, read from or written to `cache_dir/<name>-<hash>.npz`.
 
   `fn(model_params, batch)` maps a batch of the `input_keys` arrays of `data` (`[B, T]`) to the outputs
-  (`[B, …]`, see `step.make_reference_fn`).
+  (`[B, …]`, see `step.make_reference_fn`). `initial_params()` gives the initial model's parameters; it is called
+  only when the cache misses, and they are released before this returns.
   """
   path = os.path.join(cache_dir, f"{name}-{cache_key(model_identity, data, input_keys)}.npz")
   if os.path.isfile(path):
@@ -45,6 +47,7 @@ def precompute(fn, model_params, data, *, input_keys: Sequence[str], output_keys
         return {k: cached[k] for k in output_keys}
   n = len(data)
   sharding = batch_sharding(mesh, accumulated=False)
+  model_params = initial_params()
   out = {}
   for start in tqdm(range(0, n, batch_size), desc=name, unit="batch", leave=False):
     rows = np.arange(start, start + batch_size) % n  # the last batch wraps around; extra rows are dropped

@@ -1,7 +1,11 @@
-"""The train state (parameters, optimizer state, step, frozen reference) and its shardings.
+"""The train state (parameters, optimizer state, step, frozen reference): its abstract form, its shardings, its init.
 
-Parameters live as pure nested dicts of arrays (`{'model': …, 'extractor': …}`) so the state is a plain
-pytree for `jax.jit`, optax and Orbax; `Policy.merge(params)` turns them back into NNX modules.
+Parameters live as pure nested dicts of arrays (`{'model': …, 'extractor': …}`) so the state is a plain pytree for
+`jax.jit`, optax and Orbax; `PolicyDef.merge(params)` turns them back into NNX modules.
+
+`abstract_train_state` gives every leaf's shape, dtype and sharding (`jax.ShapeDtypeStruct`s) without allocating an
+array or reading a weight: resume restores straight into it, export restores only its parameters, and ahead-of-time
+compilation lowers the step against it. `init_train_state` allocates the initial state from the same description.
 """
 from __future__ import annotations
 
@@ -18,10 +22,9 @@ from flax import traverse_util as traversals
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mlc_jax.models import Decoder, ModelConfig, load_hf
+from mlc_jax.models.config import DTYPES
 from mlc_jax.models.extractor import Extractor
 from mlc_jax.parallel import sharding as sharding_lib
-from mlc_jax.train.objective import REFERENCE_BASES
-from mlc_jax.train.validate import DTYPES
 
 
 class Policy(nnx.Module):
@@ -53,22 +56,38 @@ class PolicyDef:
     return nnx.merge(self.model_graphdef, model_params)
 
 
-def _make_model(cfg: ModelConfig, config) -> Decoder:
-  return Decoder(cfg, rngs=nnx.Rngs(config.model.init_seed), dtype=DTYPES[config.model.dtype],
-                 param_dtype=DTYPES[config.model.param_dtype], remat=config.model.remat,
-                 attention_impl=config.model.attention_impl)
+def learning_rate_schedule(optim, total_steps: int) -> optax.Schedule:
+  """Linear warmup over `optim.warmup_ratio` of the steps, then cosine decay to 0 (or a constant rate)."""
+  if optim.schedule == "constant":
+    return optax.constant_schedule(optim.lr)
+  warmup = max(int(optim.warmup_ratio * total_steps), 1)
+  return optax.warmup_cosine_decay_schedule(0.0, optim.lr, warmup, max(total_steps, warmup + 1), 0.0)
 
 
-def _make_extractor(cfg: ModelConfig, config) -> Extractor:
-  return Extractor(cfg.hidden_size, config.mlc.extractor_dim, rngs=nnx.Rngs(config.model.init_seed + 1),
-                   param_dtype=DTYPES[config.model.param_dtype])
+def make_optimizer(optim, total_steps: int) -> optax.GradientTransformation:
+  """Global-norm clipping, then AdamW with the schedule (`optim`: the run's `OptimSection`)."""
+  return optax.chain(optax.clip_by_global_norm(optim.clip_norm),
+                     optax.adamw(learning_rate_schedule(optim, total_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                                 weight_decay=optim.weight_decay))
 
 
-def _init_pure(make, shardings):
-  return jax.jit(lambda: nnx.to_pure_dict(nnx.state(make())), out_shardings=shardings)()
+@dataclasses.dataclass(frozen=True)
+class TrainStateSpec:
+  """A train state described, not allocated: `abstract` holds a `jax.ShapeDtypeStruct` (with its sharding) per leaf."""
+
+  abstract: TrainState
+  model_cfg: ModelConfig
+  policy_def: PolicyDef
+  optimizer: optax.GradientTransformation
+  schedule: optax.Schedule
+
+  @property
+  def shardings(self) -> TrainState:
+    return jax.tree.map(lambda x: x.sharding, self.abstract)
 
 
 def _pure_shardings(abstract_state: nnx.State, mesh: Mesh, rules) -> dict:
+  """A `NamedSharding` per parameter from its logical `axes` metadata (replicated when it has none)."""
   flat = {}
   for path, var in nnx.to_flat_state(abstract_state):
     axes = var.get_metadata().get("axes")
@@ -93,64 +112,64 @@ def _opt_state_shardings(abstract_opt_state, params_shardings: dict, mesh: Mesh)
   return jax.tree_util.tree_map_with_path(one, abstract_opt_state)
 
 
-def learning_rate_schedule(config, total_steps: int) -> optax.Schedule:
-  """Linear warmup over `warmup_ratio` of the steps, then cosine decay to 0 (or a constant rate)."""
-  o = config.optim
-  if o.schedule == "constant":
-    return optax.constant_schedule(o.lr)
-  warmup = max(int(o.warmup_ratio * total_steps), 1)
-  return optax.warmup_cosine_decay_schedule(0.0, o.lr, warmup, max(total_steps, warmup + 1), 0.0)
+def _with_shardings(abstract, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
 
 
-def make_optimizer(config, total_steps: int) -> optax.GradientTransformation:
-  """Global-norm clipping, then AdamW with the schedule."""
-  o = config.optim
-  return optax.chain(optax.clip_by_global_norm(o.clip_norm),
-                     optax.adamw(learning_rate_schedule(config, total_steps), b1=o.b1, b2=o.b2, eps=o.eps,
-                                 weight_decay=o.weight_decay))
+def _make_model(run, cfg: ModelConfig) -> Decoder:
+  return Decoder(cfg, rngs=nnx.Rngs(run.model.init_seed), **run.model.decoder_kwargs())
 
 
-@dataclasses.dataclass
-class Built:
-  """Everything `init_train_state` builds: the state, its shardings and the static module structure."""
-
-  state: TrainState
-  shardings: TrainState
-  policy_def: PolicyDef
-  optimizer: optax.GradientTransformation
-  schedule: Any
+def _make_extractor(run, cfg: ModelConfig) -> Extractor:
+  return run.mlc.make_extractor(cfg, seed=run.model.init_seed + 1, param_dtype=DTYPES[run.model.param_dtype])
 
 
-def init_train_state(config, cfg: ModelConfig, mesh: Mesh, total_steps: int) -> Built:
-  """The initial, sharded train state: random init from the preset or the weights at `model.hf_path`."""
-  rules = tuple(tuple(r) for r in config.mesh.rules)
-  abstract = nnx.eval_shape(lambda: Policy(_make_model(cfg, config),
-                                           _make_extractor(cfg, config) if config.mlc.enabled else None))
-  graphdef, abstract_state = nnx.split(abstract)
-  model_graphdef, _ = nnx.split(abstract.model)
-  policy_def = PolicyDef(graphdef, model_graphdef)
-  param_shardings = _pure_shardings(abstract_state, mesh, rules)
+def abstract_train_state(run, cfg: ModelConfig, mesh: Mesh, total_steps: int = 1) -> TrainStateSpec:
+  """The train state of `run` (a `RunConfig`) for architecture `cfg` on `mesh`: shapes, dtypes and shardings only.
 
-  if config.model.hf_path:
-    loaded = load_hf(config.model.hf_path, dtype=DTYPES[config.model.param_dtype], mesh=mesh, rules=rules)
-    params = {"model": nnx.to_pure_dict(nnx.state(loaded))}
-  else:
-    params = {"model": _init_pure(lambda: _make_model(cfg, config), param_shardings["model"])}
-  if config.mlc.enabled:
-    params["extractor"] = _init_pure(lambda: _make_extractor(cfg, config), param_shardings["extractor"])
-
-  optimizer = make_optimizer(config, total_steps)
+  Nothing is allocated and no weight is read (`model.hf_path` only decides where `init_train_state` gets them).
+  `total_steps` shapes the learning-rate schedule, not the state.
+  """
+  rules = tuple(tuple(r) for r in run.mesh.rules)
+  abstract_policy = nnx.eval_shape(lambda: Policy(_make_model(run, cfg),
+                                                  _make_extractor(run, cfg) if run.mlc.enabled else None))
+  graphdef, abstract_modules = nnx.split(abstract_policy)
+  policy_def = PolicyDef(graphdef, nnx.split(abstract_policy.model)[0])
+  param_shardings = _pure_shardings(abstract_modules, mesh, rules)
+  params = _with_shardings(nnx.to_pure_dict(abstract_modules), param_shardings)
+  params = {k: v for k, v in params.items() if v is not None}
+  optimizer = make_optimizer(run.optim, total_steps)
   abstract_opt = jax.eval_shape(optimizer.init, params)
-  opt_shardings = _opt_state_shardings(abstract_opt, param_shardings, mesh)
-  opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
-  ref_params = None
-  ref_shardings = None
-  if config.reference == "frozen_copy" and config.objective.base in REFERENCE_BASES:
-    ref_params = jax.tree.map(jnp.copy, params["model"])
-    ref_shardings = param_shardings["model"]
+  opt_state = _with_shardings(abstract_opt, _opt_state_shardings(abstract_opt, param_shardings, mesh))
   replicated = NamedSharding(mesh, PartitionSpec())
-  state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), replicated), params=params,
-                     opt_state=opt_state, ref_params=ref_params)
-  shardings = TrainState(step=replicated, params=param_shardings, opt_state=opt_shardings, ref_params=ref_shardings)
-  return Built(state, shardings, policy_def, optimizer, learning_rate_schedule(config, total_steps))
+  frozen_copy = run.reference == "frozen_copy" and run.uses_reference
+  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), params=params,
+                        opt_state=opt_state, ref_params=params["model"] if frozen_copy else None)
+  return TrainStateSpec(abstract, cfg, policy_def, optimizer, learning_rate_schedule(run.optim, total_steps))
 
+
+def initial_model_params(spec: TrainStateSpec, run) -> dict:
+  """The initial language-model parameters, placed in their shardings: `model.hf_path`'s weights or the random init."""
+  shardings = jax.tree.map(lambda x: x.sharding, spec.abstract.params["model"])
+  if run.model.hf_path:
+    mesh = jax.tree.leaves(shardings)[0].mesh
+    loaded = load_hf(run.model.hf_path, dtype=DTYPES[run.model.param_dtype], mesh=mesh,
+                     rules=tuple(tuple(r) for r in run.mesh.rules))
+    return nnx.to_pure_dict(nnx.state(loaded))
+  return _init_pure(lambda: _make_model(run, spec.model_cfg), shardings)
+
+
+def _init_pure(make, shardings):
+  return jax.jit(lambda: nnx.to_pure_dict(nnx.state(make())), out_shardings=shardings)()
+
+
+def init_train_state(spec: TrainStateSpec, run) -> TrainState:
+  """The initial train state that `spec` describes, allocated in its shardings."""
+  params = {"model": initial_model_params(spec, run)}
+  if "extractor" in spec.abstract.params:
+    shardings = jax.tree.map(lambda x: x.sharding, spec.abstract.params["extractor"])
+    params["extractor"] = _init_pure(lambda: _make_extractor(run, spec.model_cfg), shardings)
+  opt_state = jax.jit(spec.optimizer.init, out_shardings=spec.shardings.opt_state)(params)
+  ref_params = None if spec.abstract.ref_params is None else jax.tree.map(jnp.copy, params["model"])
+  step = jax.device_put(jnp.zeros((), jnp.int32), spec.abstract.step.sharding)
+  return TrainState(step=step, params=params, opt_state=opt_state, ref_params=ref_params)

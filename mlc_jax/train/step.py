@@ -1,4 +1,9 @@
-"""The one compiled train step: gradient accumulation over micro-batches, AdamW update, state donated."""
+"""The one compiled train step: the objective's loss (plus the MLC term), gradient accumulation, AdamW, state donated.
+
+A micro-batch of B examples holds the keys of its objective's data kind (`{side}_{ids,mask,loss_mask}` `[B, T]`,
+`prompt_ids`/`prompt_mask` `[B, L, P]` for MLC, `pair_language` `[B]`, …) and, when the reference values were
+precomputed, `ref_<key>` `[B]` or `[B, …]` for each of the objective's `reference_keys`.
+"""
 from __future__ import annotations
 
 import jax
@@ -7,10 +12,11 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from mlc_jax.train.objective import Objective, loss_fn, reference_outputs
-from mlc_jax.train.state import Built, TrainState
+from mlc_jax.objectives import Mlc, Objective
+from mlc_jax.train.state import TrainState, TrainStateSpec
 
 BATCH_AXES = ("data", "fsdp")
+PER_LANGUAGE_PREFIX = "by_language/"
 
 
 def batch_sharding(mesh: Mesh, *, accumulated: bool) -> NamedSharding:
@@ -28,51 +34,101 @@ def split_micro_batches(batch: dict[str, np.ndarray], grad_accum: int) -> dict[s
   return {k: v.reshape(grad_accum, v.shape[0] // grad_accum, *v.shape[1:]) for k, v in batch.items()}
 
 
-def make_train_step(built: Built, obj: Objective, *, aux_every: int, mesh: Mesh):
+def per_language_sums(values: dict[str, jax.Array], pair_language, num_languages: int) -> dict[str, jax.Array]:
+  """Per-language sums `[num_languages]` of per-example values `[B]`, and the example counts.
+
+  Keys `by_language/<name>` and `by_language/count`; `MetricsWriter` turns them into `<name>/<language>`
+  means. Sums (not means) add up correctly over micro-batches, devices and logging windows.
+  """
+  onehot = jax.nn.one_hot(pair_language, num_languages, dtype=jnp.float32)  # [B, K]
+  out = {PER_LANGUAGE_PREFIX + name: onehot.T @ v.astype(jnp.float32) for name, v in values.items()}
+  out[PER_LANGUAGE_PREFIX + "count"] = onehot.sum(0)
+  return out
+
+
+def loss_fn(policy, ref_model, batch, apply_mlc, objective: Objective, mlc: Mlc | None, num_languages: int = 0):
+  """Scalar loss and metrics for one micro-batch.
+
+  Args:
+    policy: `Policy` (model + extractor) being trained.
+    ref_model: the frozen initial model (reference='frozen_copy'), or None when the batch carries the precomputed
+      values (`ref_*`) or the objective needs none.
+    apply_mlc: traced bool, whether this step adds the MLC term.
+    mlc: the MLC section when the term is enabled, else None.
+    num_languages: the number of pair languages `batch['pair_language']` indexes (0: no per-language metrics).
+  """
+  outputs = objective.outputs(policy.model, batch)
+  reference = None
+  if objective.reference_keys:
+    if ref_model is None:
+      reference = {k: batch[f"ref_{k}"] for k in objective.reference_keys}
+    else:
+      reference = jax.lax.stop_gradient(objective.reference_outputs(ref_model, batch))
+  terms = objective.loss(outputs, reference)
+  loss = terms.losses.mean() + terms.extra_loss
+  per_example = {f"{objective.name}_loss": terms.losses, **terms.per_example}
+  metrics = dict(terms.metrics)
+  if terms.rewards is not None:
+    chosen, rejected = terms.rewards
+    per_example.update(reward_acc=(chosen > rejected).astype(jnp.float32), reward_margin=chosen - rejected)
+    metrics.update(chosen_reward=chosen.mean(), rejected_reward=rejected.mean())
+  metrics.update({k: v.mean() for k, v in per_example.items()})
+  if num_languages and "pair_language" in batch:
+    metrics.update(per_language_sums(per_example, batch["pair_language"], num_languages))
+  if mlc is not None:
+    mlc_loss, mlc_metrics = mlc.term(policy, batch, apply_mlc)
+    loss = loss + mlc_loss
+    metrics.update(mlc_metrics)
+  metrics["loss"] = loss
+  return loss, metrics
+
+
+def make_train_step(spec: TrainStateSpec, objective: Objective, mlc: Mlc | None, *, mesh: Mesh,
+                    num_languages: int = 0):
   """`step(state, batch) → (state, metrics)`, jitted with shardings and the state donated.
 
-  `batch` leaves are `[grad_accum, micro_batch, …]`. MLC is added on steps where `state.step % aux_every == 0`.
-  Metrics are averaged over micro-batches; `grad_norm` is before clipping.
+  `batch` leaves are `[grad_accum, micro_batch, …]`. With `mlc`, its term is added on steps where
+  `state.step % mlc.aux_every == 0`. Metrics are averaged over micro-batches; `grad_norm` is before clipping.
   """
-  policy_def, optimizer, schedule = built.policy_def, built.optimizer, built.schedule
+  policy_def, optimizer, schedule = spec.policy_def, spec.optimizer, spec.schedule
+  aux_every = mlc.aux_every if mlc is not None else 1
 
   def train_step(state: TrainState, batch):
     apply_mlc = (state.step % aux_every) == 0
     ref_model = None if state.ref_params is None else policy_def.merge_model(state.ref_params)
 
-    def micro(carry, micro_batch):
-      def objective(params):
-        return loss_fn(policy_def.merge(params), ref_model, micro_batch, apply_mlc, obj)
+    def micro_loss(params, micro_batch):
+      return loss_fn(policy_def.merge(params), ref_model, micro_batch, apply_mlc, objective, mlc, num_languages)
 
-      (_, metrics), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    def micro(carry, micro_batch):
+      (_, metrics), grads = jax.value_and_grad(micro_loss, has_aux=True)(state.params, micro_batch)
       return jax.tree.map(jnp.add, carry, (grads, metrics)), None
 
     zero_grads = jax.tree.map(jnp.zeros_like, state.params)
-    zero_metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(
-        lambda: loss_fn(policy_def.merge(state.params), ref_model, jax.tree.map(lambda x: x[0], batch),
-                        apply_mlc, obj)[1]))
+    metric_shapes = jax.eval_shape(micro_loss, state.params, jax.tree.map(lambda x: x[0], batch))[1]
+    zero_metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
     accum = jax.tree.leaves(batch)[0].shape[0]
     (grads, metrics), _ = jax.lax.scan(micro, (zero_grads, zero_metrics), batch)
     grads = jax.tree.map(lambda g: g / accum, grads)
     metrics = jax.tree.map(lambda m: m / accum, metrics)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    metrics.update(grad_norm=optax.global_norm(grads), lr=schedule(state.step))
+    metrics.update(grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   replicated = NamedSharding(mesh, PartitionSpec())
-  return jax.jit(train_step, in_shardings=(built.shardings, batch_sharding(mesh, accumulated=True)),
-                 out_shardings=(built.shardings, replicated), donate_argnums=0)
+  return jax.jit(train_step, in_shardings=(spec.shardings, batch_sharding(mesh, accumulated=True)),
+                 out_shardings=(spec.shardings, replicated), donate_argnums=0)
 
 
-def make_reference_fn(built: Built, obj: Objective, mesh: Mesh):
-  """`fn(model_params, batch) → {key: [B, …]}` for `obj.reference_keys`, jitted (the precomputation pass).
+def make_reference_fn(spec: TrainStateSpec, objective: Objective, mesh: Mesh):
+  """`fn(model_params, batch) → {key: [B, …]}` for `objective.reference_keys`, jitted (the precomputation pass).
 
-  `batch` holds `obj.reference_inputs` `[B, T]`; see `objective.reference_outputs`.
+  `batch` holds `objective.reference_inputs` `[B, T]`.
   """
   def fn(model_params, batch):
-    return reference_outputs(built.policy_def.merge_model(model_params), batch, obj)
+    return objective.reference_outputs(spec.policy_def.merge_model(model_params), batch)
 
   replicated = NamedSharding(mesh, PartitionSpec())
-  return jax.jit(fn, in_shardings=(built.shardings.params["model"], batch_sharding(mesh, accumulated=False)),
+  return jax.jit(fn, in_shardings=(spec.shardings.params["model"], batch_sharding(mesh, accumulated=False)),
                  out_shardings=replicated)

@@ -16,13 +16,12 @@ import openpyxl
 import pytest
 import tensorflow_datasets as tfds
 
+from paths import ROOT, SHARED_DATA
 from mlc_jax.data.langdetect import detect_language
 from mlc_jax.data.languages import LANGUAGE_SETS
 from mlc_jax.data.tfds_builders import common, xsafety
 
-DATA = Path(__file__).parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} is not there")
-REPO = Path(__file__).parents[1]
+needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} is not there")
 
 
 def prepare(name: str, manual_dir: Path, data_dir: Path) -> tfds.core.DatasetBuilder:
@@ -45,7 +44,7 @@ def built(tmp_path_factory):
 
   def get(name: str) -> list[dict]:
     if name not in cache:
-      cache[name] = records(prepare(name, DATA, data_dir))
+      cache[name] = records(prepare(name, SHARED_DATA, data_dir))
     return cache[name]
 
   return get
@@ -56,7 +55,7 @@ def built(tmp_path_factory):
 
 @needs_data
 def test_multijail(built):
-  with (DATA / "multijail" / "MultiJail.csv").open(encoding="utf-8-sig", newline="") as f:
+  with (SHARED_DATA / "multijail" / "MultiJail.csv").open(encoding="utf-8-sig", newline="") as f:
     rows = list(csv.DictReader(f))
   got = built("multijail")
   assert len(got) == len(rows) == 315
@@ -69,7 +68,7 @@ def test_multijail(built):
 
 @needs_data
 def test_mlc_dpo(built):
-  lines = (DATA / "mlc" / "pku_saferlhf_safety_test.jsonl").read_text(encoding="utf-8").splitlines()
+  lines = (SHARED_DATA / "mlc" / "pku_saferlhf_safety_test.jsonl").read_text(encoding="utf-8").splitlines()
   rows = [json.loads(line) for line in lines]
   got = built("mlc_pku_saferlhf/dpo")
   assert len(got) == len(rows) == 180
@@ -84,7 +83,7 @@ def test_mlc_dpo(built):
 
 @needs_data
 def test_mlc_sft(built):
-  path = DATA / "mlc" / "multilin-pku-saferlhf-alpaca3-8b-test-sft.json"
+  path = SHARED_DATA / "mlc" / "multilin-pku-saferlhf-alpaca3-8b-test-sft.json"
   rows = json.loads(path.read_text(encoding="utf-8"))
   got = built("mlc_pku_saferlhf/sft")
   assert len(got) == len(rows) == 337
@@ -98,7 +97,7 @@ def test_mlc_sft(built):
 @needs_data
 @pytest.mark.parametrize("model, dominant", [("llama", "en"), ("gemma", "en"), ("qwen", "zh")])
 def test_mpo_pairs(built, model, dominant):
-  rows = json.loads((DATA / "mpo" / f"{model}_mpo_data.json").read_text(encoding="utf-8"))
+  rows = json.loads((SHARED_DATA / "mpo" / f"{model}_mpo_data.json").read_text(encoding="utf-8"))
   got = built(f"mpo_pairs/{model}")
   assert len(got) == len(rows) == 600
   for row, example in zip(rows, got):
@@ -139,7 +138,7 @@ def test_xsafety_long(built):
       ("bn", "Insult_n.xlsx", "insult"),
       ("ru", "Crimes_And_Illegal_Activitie.csv", "crimes_and_illegal_activities"),
   ]:
-    texts = _read_xsafety_file(DATA / "xsafety" / lang / filename)
+    texts = _read_xsafety_file(SHARED_DATA / "xsafety" / lang / filename)
     assert len(texts) == 200
     assert {i: t for i, t in enumerate(texts) if t} == {
         i: t for (lg, c, i), t in by_key.items() if (lg, c) == (lang, category)
@@ -174,7 +173,7 @@ def test_importing_mlc_jax_data_registers_builders_lazily():
       "print(sorted(set(tfds.list_builders(with_community_datasets=False))"
       " & {'multijail', 'mlc_pku_saferlhf', 'mpo_pairs', 'xsafety'}))\n"
   )
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
   assert out.stdout.strip() == "['mlc_pku_saferlhf', 'mpo_pairs', 'multijail', 'xsafety']"
 
 
@@ -182,8 +181,8 @@ def test_importing_mlc_jax_data_registers_builders_lazily():
 def test_build_cli(tmp_path):
   subprocess.run(
       [sys.executable, "-m", "mlc_jax.data.tfds_builders", "mlc_pku_saferlhf", "--config", "dpo",
-       "--manual_dir", os.fspath(DATA), "--data_dir", os.fspath(tmp_path)],
-      capture_output=True, text=True, check=True, cwd=REPO,
+       "--manual_dir", os.fspath(SHARED_DATA), "--data_dir", os.fspath(tmp_path)],
+      capture_output=True, text=True, check=True, cwd=ROOT,
   )
   builder = tfds.builder("mlc_pku_saferlhf/dpo", data_dir=os.fspath(tmp_path))
   assert builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD

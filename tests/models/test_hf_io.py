@@ -1,33 +1,47 @@
-"""save_hf / load_hf / `python -m mlc_jax.convert`: transformers loads what we write; bad input fails clearly."""
+"""save_hf / load_hf / `python -m mlc_jax.convert`: transformers loads what we write, for every family; bad input
+fails clearly."""
 import json
 import os
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 from hf_reference import hf_forward, max_rel_error, random_hf_model
 
-from mlc_jax.models import CheckpointError, get_preset, init_model, load_hf, save_hf
-from mlc_jax.models.families import llama
+from mlc_jax.models import CheckpointError, get_preset, init_model, load_hf, read_config, save_hf
+from mlc_jax.models.families import FAMILIES, family_for, llama
 
 IDS = np.random.default_rng(0).integers(0, 512, (2, 12))
 MASK = np.array([[1] * 12, [1] * 8 + [0] * 4])
 
 
-@pytest.mark.parametrize("tied", [False, True])
-def test_save_hf_loads_in_transformers_with_same_logits(tmp_path, tied):
-  model = init_model(get_preset("tiny", tie_embeddings=tied), seed=3)
+def random_model(preset: str, seed: int, **overrides):
+  """A model of a preset whose every parameter (norms and biases included) is random, so a mapping error shows."""
+  model = init_model(get_preset(preset, **overrides), seed=seed)
+  leaves = nnx.state(model, nnx.Param)
+  keys = iter(jax.random.split(jax.random.key(seed), len(jax.tree.leaves(leaves))))
+  nnx.update(model, jax.tree.map(lambda p: p + 0.1 * jax.random.normal(next(keys), p.shape, p.dtype), leaves))
+  return model
+
+
+@pytest.mark.parametrize("preset,tied", [("tiny", False), ("tiny", True), ("tiny_qwen2", True), ("tiny_qwen3", False),
+                                         ("tiny_gemma2", True), ("tiny_gemma3", True), ("tiny_gemma3", False)])
+def test_save_hf_loads_in_transformers_with_same_logits(tmp_path, preset, tied):
+  model = random_model(preset, seed=3, tie_embeddings=tied)
   save_hf(model, str(tmp_path / "out"))
   hf_model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
-  assert type(hf_model).__name__ == "LlamaForCausalLM"
+  assert type(hf_model).__name__ == FAMILIES[model.cfg.family].architecture
   assert hf_model.config.tie_word_embeddings == tied
   ref, _ = hf_forward(hf_model, IDS, MASK)
   assert max_rel_error(model(jnp.asarray(IDS), jnp.asarray(MASK)), ref, MASK) < 1e-4
   assert (tmp_path / "out" / "generation_config.json").exists()
+  assert read_config(str(tmp_path / "out"))[0] == model.cfg
 
 
 def test_sharded_save_writes_an_index_and_round_trips(tmp_path):
@@ -130,3 +144,14 @@ def test_convert_cli_round_trip_and_errors(tmp_path, hf_dir):
   missing = run_convert("--from_hf", tmp_path / "absent", "--to_hf", tmp_path / "x")
   assert missing.returncode == 2 and "does not exist" in missing.stderr
   assert not (tmp_path / "x").exists()
+
+
+def test_unsupported_settings_fail_clearly(tmp_path):
+  with pytest.raises(ValueError, match="'gpt2' is not supported; .*gemma2, gemma3_text, llama, qwen2, qwen3"):
+    family_for("gpt2")
+  transformers.Qwen3Config(attention_bias=True).save_pretrained(tmp_path / "q")
+  with pytest.raises(ValueError, match="attention_bias=true is not supported for model_type 'qwen3'"):
+    read_config(str(tmp_path / "q"))
+  transformers.Gemma2Config(hidden_activation="gelu").save_pretrained(tmp_path / "g")
+  with pytest.raises(ValueError, match="hidden_activation='gelu' is not supported for model_type 'gemma2'"):
+    read_config(str(tmp_path / "g"))

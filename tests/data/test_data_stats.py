@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from paths import SHARED_DATA
 from mlc_jax.data import stats
 from mlc_jax.data.languages import LANGUAGE_SETS
 from mlc_jax.data.tokenizer import load_tokenizer
 
-DATA = Path(__file__).parents[2] / "shared" / "data"
 
 # The byte tokenizer's chat template renders a prompt as <|bos|><|user|>{prompt}<|assistant|>: its bytes + 3.
 TEMPLATE_TOKENS = 3
@@ -31,16 +31,16 @@ def test_text_stats_counts_and_lengths():
   ]
 
 
-@pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} is not there")
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} is not there")
 def test_cli_multijail_byte_tokenizer(tmp_path, capsys):
   stats.main(
-      ["--dataset", "multijail", "--manual_dir", str(DATA), "--data_dir", str(tmp_path), "--tokenizer", "byte"]
+      ["--dataset", "multijail", "--manual_dir", str(SHARED_DATA), "--data_dir", str(tmp_path), "--tokenizer", "byte"]
   )
   lines = capsys.readouterr().out.splitlines()
   assert lines[1].split() == ["split", "field", "language", "count", "empty", "mean", "median", "p95", "max"]
   table = {cells[2]: cells for cells in (line.split() for line in lines[2:])}
   assert sorted(table) == sorted(LANGUAGE_SETS["multijail"])
-  with (DATA / "multijail" / "MultiJail.csv").open(encoding="utf-8-sig", newline="") as f:
+  with (SHARED_DATA / "multijail" / "MultiJail.csv").open(encoding="utf-8-sig", newline="") as f:
     rows = list(csv.DictReader(f))
   for lang in ("en", "sw", "bn"):
     lengths = np.array([len(row[lang].encode("utf-8")) + TEMPLATE_TOKENS for row in rows])

@@ -1,10 +1,12 @@
-"""IPO, hinge, SimPO, ORPO, SFT and MPO losses against NumPy float64 implementations of DESIGN.md's formulas."""
+"""DPO (cDPO), hinge, IPO, SimPO, ORPO and SFT against float64 NumPy implementations of DESIGN.md's formulas."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mlc_jax.losses import logps, mpo, preference
+from mlc_jax.losses import logps, preference
 
 RNG = np.random.default_rng(0)
 
@@ -96,32 +98,53 @@ def test_sft():
   np.testing.assert_allclose(jax.grad(lambda c: preference.sft(c).sum())(jnp.asarray(AVGS, jnp.float32)), -1.0)
 
 
-@pytest.mark.parametrize("beta", [1.0, 1.5])
-def test_mpo_reward_gap_value_and_no_gradient_to_the_dominant_side(beta):
-  dc, dr, tc, tr = (RNG.normal(size=5) - 1 for _ in range(4))
-  expected = np.mean((beta * (tc - tr) - (dc - dr)) ** 2)
-  np.testing.assert_allclose(mpo.reward_gap_loss(dc, dr, tc, tr, beta=beta), expected, rtol=1e-5)
-  g_dc, g_dr, g_tc, g_tr = jax.grad(lambda *a: mpo.reward_gap_loss(*a, beta=beta), argnums=(0, 1, 2, 3))(
-      *(jnp.asarray(x, jnp.float32) for x in (dc, dr, tc, tr)))
-  assert np.all(np.asarray(g_dc) == 0.0) and np.all(np.asarray(g_dr) == 0.0)
-  np.testing.assert_allclose(g_tc, 2 * beta * (beta * (tc - tr) - (dc - dr)) / 5, rtol=1e-5)
-  np.testing.assert_allclose(g_tr, -np.asarray(g_tc), rtol=1e-6)
+def np_dpo(pc, pr, rc, rr, beta, eps):
+  x = beta * ((pc - rc) - (pr - rr))
+  return -(1 - eps) * np_log_sigmoid(x) - eps * np_log_sigmoid(-x)
 
 
-@pytest.mark.parametrize("include_padding", [False, True])
-def test_mpo_retention_masked_and_padded_means(include_padding):
-  policy, reference = RNG.normal(size=(3, 6, 4)), RNG.normal(size=(3, 6, 4))
-  mask = np.array([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0], [1, 0, 0, 0, 0, 0]])
-  if include_padding:
-    pooled = lambda h: h.mean(axis=1)
-  else:
-    pooled = lambda h: (h * mask[..., None]).sum(1) / mask.sum(1, keepdims=True)
-  expected = np.mean((pooled(policy) - pooled(reference)) ** 2)
-  got = mpo.retention_loss(policy, reference, mask, include_padding=include_padding)
-  np.testing.assert_allclose(got, expected, rtol=1e-5)
-  g_ref = jax.grad(lambda r: mpo.retention_loss(jnp.asarray(policy), r, jnp.asarray(mask),
-                                                include_padding=include_padding))(jnp.asarray(reference))
-  assert np.all(np.asarray(g_ref) == 0.0)
-  if not include_padding:  # padding positions do not move the masked loss
-    g_pol = jax.grad(lambda p: mpo.retention_loss(p, jnp.asarray(reference), jnp.asarray(mask)))(jnp.asarray(policy))
-    assert np.all(np.asarray(g_pol)[mask == 0] == 0.0)
+@pytest.mark.parametrize("beta", [0.01, 0.1, 1.0, 5.0])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1, 0.3, 0.49])
+def test_dpo_matches_numpy(beta, label_smoothing):
+  rng = np.random.default_rng(5)
+  pc, pr, rc, rr = rng.normal(scale=50.0, size=(4, 8)) - 200.0
+  pc[:2] -= 1e4  # extreme margins of both signs
+  pr[2:4] -= 1e4
+  inputs = [jnp.asarray(x, jnp.float32) for x in (pc, pr, rc, rr)]
+  ref = np_dpo(*[np.asarray(x, np.float64) for x in inputs], beta, label_smoothing)
+  loss_fn = functools.partial(preference.dpo, beta=beta, label_smoothing=label_smoothing)
+  np.testing.assert_allclose(loss_fn(*inputs), ref, rtol=1e-5, atol=1e-6)
+  grads = jax.grad(lambda *a: loss_fn(*a).sum(), argnums=(0, 1, 2, 3))(*inputs)
+  # d loss / d pi_c = -beta * ((1 - eps) * sigmoid(-x) - eps * sigmoid(x)); the other three follow by sign.
+  x = beta * ((pc - rc) - (pr - rr))
+  sig = lambda v: np.exp(np_log_sigmoid(v))
+  d_pc = -beta * ((1 - label_smoothing) * sig(-x) - label_smoothing * sig(x))
+  for got, sign in zip(grads, (1, -1, -1, 1)):
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, sign * d_pc, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("beta", [0.1, 3.0])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.25])
+def test_dpo_policy_equal_to_reference_is_log2(beta, label_smoothing):
+  chosen, rejected = jnp.array([-12.5, -300.0]), jnp.array([-40.0, -1.0])
+  loss = preference.dpo(chosen, rejected, chosen, rejected, beta=beta, label_smoothing=label_smoothing)
+  np.testing.assert_allclose(loss, [np.log(2.0)] * 2, rtol=1e-6)
+
+
+def test_dpo_beta_applied_once():
+  # logits = (−1 − −3) − (−5 − −6) = 1, so the loss is log(1 + e^{-beta}).
+  loss = preference.dpo(jnp.array([-1.0]), jnp.array([-5.0]), jnp.array([-3.0]), jnp.array([-6.0]), beta=2.0)
+  np.testing.assert_allclose(loss, [np.log1p(np.exp(-2.0))], rtol=1e-6)
+
+
+def test_dpo_rewards():
+  rewards = preference.dpo_rewards(jnp.array([-10.0, -3.0]), jnp.array([-12.0, -1.0]), beta=0.5)
+  np.testing.assert_allclose(rewards, [1.0, -1.0])
+
+
+@pytest.mark.parametrize("label_smoothing", [-0.1, 0.5, 0.7])
+def test_dpo_rejects_label_smoothing(label_smoothing):
+  x = jnp.zeros(2)
+  with pytest.raises(ValueError, match=r"label_smoothing must be in \[0, 0.5\)"):
+    preference.dpo(x, x, x, x, beta=0.1, label_smoothing=label_smoothing)

@@ -3,10 +3,12 @@ import os
 
 import pytest
 
-from mlc_jax.train import config_lib, trainer
+from paths import ROOT, SHARED_DATA
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MLC_DATA = os.path.join(ROOT, "..", "shared", "data", "mlc", "pku_saferlhf_safety_test.jsonl")
+from mlc_jax import config as config_lib
+from mlc_jax.train import trainer
+
+MLC_DATA = str(SHARED_DATA / "mlc" / "pku_saferlhf_safety_test.jsonl")
 
 
 def load(spec):
@@ -16,7 +18,7 @@ def load(spec):
 def test_mlc_config_has_the_papers_defaults():
   c = load("mlc.py:model=llama3p1_8b,langs=mlc10,base=dpo")
   assert (c.mlc.tau, c.mlc.weight, c.mlc.extractor_dim, c.mlc.aux_every) == (0.2, 0.8, 512, 2)
-  assert (c.objective.base, c.objective.beta, c.optim.lr, c.optim.schedule) == ("dpo", 0.1, 6e-7, "cosine")
+  assert (c.objective.name, c.objective.dpo.beta, c.optim.lr, c.optim.schedule) == ("dpo", 0.1, 6e-7, "cosine")
   assert (c.optim.warmup_ratio, c.train.epochs, c.train.batch_size, c.train.grad_accum) == (0.1, 3.0, 4, 1)
   assert c.data.max_prompt_len + c.data.max_response_len == 1024
   assert c.mlc.layer == -1 and c.mlc.normalize == "sigma1" and c.data.langs == "mlc10"
@@ -67,7 +69,7 @@ def test_mlc_config_trains_a_few_steps_from_the_tfds_dataset(tmp_path):
       "train.steps=3", "train.batch_size=8", "data.max_prompt_len=24", "data.max_response_len=24",
       "data.mlc_prompt_len=24", "mlc.extractor_dim=16", f"data.manual_dir={os.path.dirname(os.path.dirname(MLC_DATA))}",
       f"data.data_dir={tmp_path / 'tfds'}"])
-  last = trainer.run(c, str(tmp_path / "w"))
+  last = trainer.train(c, str(tmp_path / "w"))
   assert last["step"] == 3 and last["dpo_loss"] > 0 and 0 < last["sigma1_share"] <= 1
   assert (tmp_path / "tfds" / "mlc_pku_saferlhf" / "dpo").is_dir()
 
@@ -75,8 +77,6 @@ def test_mlc_config_trains_a_few_steps_from_the_tfds_dataset(tmp_path):
 def test_every_command_in_a_config_docstring_loads():
   """The commands the configs document (`--config configs/NAME.py:ARG`) give valid configs."""
   import re
-
-  from mlc_jax.train.validate import validate
 
   specs = set()
   for name in os.listdir(os.path.join(ROOT, "configs")):
@@ -87,4 +87,4 @@ def test_every_command_in_a_config_docstring_loads():
   for spec in sorted(specs):
     config = config_lib.load_config_file(os.path.join(ROOT, spec))
     for devices in (1, 4):  # one GPU; the 4 chips of a v5p-8 slice
-      validate(config, devices)
+      config_lib.validate(config, devices)

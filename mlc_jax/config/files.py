@@ -1,8 +1,8 @@
 """Config files and `--config.KEY=VALUE` overrides, with one-line errors that name the key.
 
-A config file is a Python file with `get_config(arg: str | None) -> ml_collections.ConfigDict`
-(big_vision style); `path:ARG` passes ARG. `base_config()` holds every key a training run reads, so an
-override of an unknown key is caught here, before anything is compiled or written.
+A config file is a Python file with `get_config(arg: str | None) -> ml_collections.ConfigDict` (big_vision style);
+`path:ARG` passes ARG, which `parse_arg` reads as `key=value` pairs. `base_config()` holds every key a run reads, so
+an override of an unknown key is caught here, before anything is compiled or written.
 """
 from __future__ import annotations
 
@@ -13,73 +13,26 @@ import os
 
 import ml_collections
 
-from mlc_jax.parallel.sharding import DEFAULT_RULES
-
-
-class ConfigError(ValueError):
-  """A config problem; the message names the key."""
-
-
-def base_config() -> ml_collections.ConfigDict:
-  """Every key of a training run with its default (the MLC paper's DPO+MLC setting where it has one)."""
-  c = ml_collections.ConfigDict()
-  c.model = dict(
-      preset="tiny",  # a name from mlc_jax.models.PRESETS; ignored when hf_path is set
-      hf_path="",  # a local HF directory to start from (load_hf); '' = random init from the preset
-      init_seed=0,
-      dtype="float32",  # compute dtype of activations (bfloat16 on accelerators)
-      param_dtype="float32",  # master weights and optimizer state
-      remat="none",  # 'none' | 'full' | 'dots'
-      attention_impl="xla",  # 'xla' | 'dot_product' (jax.nn.dot_product_attention) | 'cudnn' (GPU, bf16)
-      vocab_chunk=0,  # 0 = whole-vocabulary log-probs; C = stream the log-partition over chunks of C
-  )
-  c.tokenizer = "byte"  # 'byte' (built-in) or a local HF tokenizer directory; '' = model.hf_path
-  c.data = dict(
-      source="builtin",  # 'builtin' | 'mlc_jsonl' | 'tfds'
-      path="",  # file for source='mlc_jsonl'
-      name="mlc_pku_saferlhf/dpo",  # TFDS dataset for source='tfds' (prepared from manual_dir on first use)
-      manual_dir="../shared/data",  # the folder the TFDS builders read
-      data_dir="",  # TFDS data_dir; '' = TFDS's default (~/tensorflow_datasets)
-      langs="builtin",  # a language-set name, 'en,zh,sw', or a list
-      max_prompt_len=64,
-      max_response_len=192,
-      mlc_prompt_len=64,  # the MLC prompt variants' own padded length
-      pair_buckets=(),  # shorter padded lengths a batch of pairs may be cut to (each compiles once)
-      prompt_buckets=(),  # the same for the MLC prompt variants
-  )
-  c.eval = dict(
-      dataset="multijail",  # the evaluation set (a TFDS builder name)
-      langs="multijail",  # evaluation languages; those not in data.langs are the "unseen" ones
-  )
-  c.objective = dict(
-      base="dpo",  # sft | dpo | ipo | hinge | simpo | orpo | mpo (needs an mpo_pairs dataset)
-      beta=0.1,
-      label_smoothing=0.0,  # cDPO (dpo only)
-      gamma=0.5,  # SimPO's target margin (simpo only)
-      retention_weight=1.0,  # weight of MPO's retention term L2 (mpo only; the paper's L = L1 + L2)
-      pool_padding=False,  # MPO's L2 mean-pools over padding too, as the official code (mpo only)
-  )
-  c.mlc = dict(
-      enabled=True,
-      weight=0.8,  # λ
-      tau=0.2,
-      normalize="sigma1",  # 'sigma1' (official code) | 'none' (paper)
-      aux_every=2,  # MLC term on steps with step % aux_every == 0
-      extractor_dim=512,
-      layer=-1,  # HF hidden_states index; -1 = num_layers (the final-norm output)
-  )
-  c.reference = "precomputed"  # 'precomputed' (cached in the workdir) | 'frozen_copy'
-  c.optim = dict(lr=6e-7, warmup_ratio=0.1, schedule="cosine", weight_decay=0.0, clip_norm=1.0,
-                 b1=0.9, b2=0.999, eps=1e-8)
-  c.train = dict(batch_size=4, grad_accum=4, epochs=3.0, steps=0, seed=0, log_every=1)
-  c.checkpoint = dict(every=100, keep=3, async_save=True)
-  c.mesh = dict(shape=(1, -1, 1), rules=tuple(DEFAULT_RULES))
-  return c
-
+from mlc_jax.config.fields import ConfigError
 
 # Keys a resumed run may change without altering what it computes.
-RESUMABLE_CHANGES = ("train.log_every", "checkpoint.every", "checkpoint.keep", "checkpoint.async_save", "eval.dataset",
-                     "eval.langs")
+RESUMABLE_CHANGES = ("train.log_every", "train.peak_flops", "checkpoint.every", "checkpoint.keep",
+                     "checkpoint.async_save", "eval.dataset", "eval.langs")
+
+
+def parse_arg(arg: str | None, *, file: str, defaults: dict[str, str],
+              choices: dict[str, tuple[str, ...]] | None = None) -> dict[str, str]:
+  """A config file's ARG `key=value,key=value` → `{key: value}` over `defaults`; errors name `file` and the key."""
+  fields = dict(defaults)
+  for item in filter(None, (arg or "").split(",")):
+    key, sep, value = item.partition("=")
+    if not sep or key not in fields:
+      raise ConfigError(f"{file}: bad argument {item!r}; expected key=value with key in {sorted(fields)}")
+    fields[key] = value
+  for key, allowed in (choices or {}).items():
+    if fields[key] not in allowed:
+      raise ConfigError(f"{file}: {key}={fields[key]!r}; expected one of {', '.join(map(repr, allowed))}")
+  return fields
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
@@ -108,12 +61,18 @@ def flatten(config) -> dict[str, object]:
   return out
 
 
-def check_known_keys(config: ml_collections.ConfigDict):
+def check_known_keys(config):
+  from mlc_jax.config.run import base_config
+
   known = flatten(base_config())
   unknown = sorted(set(flatten(config)) - set(known))
   if unknown:
+    section = unknown[0].rsplit(".", 1)[0]
+    siblings = sorted(k for k in known if k.startswith(section + "."))
+    hint = f"keys under {section!r}: {', '.join(siblings)}" if siblings and "." in unknown[0] else \
+        f"known keys: {', '.join(sorted(known))}"
     raise ConfigError(f"unknown config key {unknown[0]!r}" + (f" (and {len(unknown) - 1} more)" if unknown[1:] else "")
-                      + f"; known keys: {', '.join(sorted(known))}")
+                      + f"; {hint}")
 
 
 def _parse_value(key: str, text: str, current):

@@ -5,20 +5,17 @@ import os
 import jax
 import numpy as np
 import pytest
-from train_helpers import ROOT, numpy_logps, small_config
+from paths import ROOT, SHARED_DATA
+from train_helpers import compiled_step, device_batch, numpy_logps, setup, small_config
 
+from mlc_jax.config import ConfigError, load_config_file
 from mlc_jax.data import batching, pipeline
 from mlc_jax.data.preferences import MpoExample, PreferenceExample, load_mpo_pairs, read_builtin
 from mlc_jax.data.tokenizer import byte_tokenizer
 from mlc_jax.parallel.mesh import make_mesh
-from mlc_jax.train import config_lib, trainer
+from mlc_jax.train import trainer
 from mlc_jax.train.metrics import MetricsWriter
-from mlc_jax.train.objective import Objective
-from mlc_jax.train.state import init_train_state
-from mlc_jax.train.step import batch_sharding, make_train_step, split_micro_batches, to_device
-from mlc_jax.train.validate import model_config
 
-SHARED_DATA = os.path.join(ROOT, "..", "shared", "data")
 needs_mpo_data = pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "mpo")),
                                     reason="../shared/data/mpo is not here")
 LIMITS = batching.SequenceLimits(max_prompt_len=24, max_response_len=24, mlc_prompt_len=8)
@@ -64,8 +61,8 @@ def test_qwen_data_has_chinese_as_its_dominant_language(tmp_path):
 
 
 def mpo_config(*overrides):
-  return small_config("objective.base='mpo'", "mlc.enabled=False", "data.source='tfds'",
-                      "data.name='mpo_pairs/qwen'", "data.langs='mpo'", "objective.beta=1.5", *overrides)
+  return small_config("objective.name='mpo'", "mlc.enabled=False", "data.source='tfds'",
+                      "data.name='mpo_pairs/qwen'", "data.langs='mpo'", "objective.mpo.beta=1.5", *overrides)
 
 
 def numpy_pool(hidden, mask, include_padding):
@@ -78,11 +75,10 @@ def numpy_pool(hidden, mask, include_padding):
 @pytest.mark.parametrize("pool_padding", [False, True])
 def test_mpo_step_loss_equals_l1_plus_l2_from_numpy(pool_padding):
   """With the policy moved off the frozen reference, the step's L1, L2 and per-language sums equal NumPy's."""
-  config = mpo_config(f"objective.pool_padding={pool_padding}", "objective.retention_weight=0.7")
+  config = mpo_config(f"objective.mpo.pool_padding={pool_padding}", "objective.mpo.retention_weight=0.7")
   data = batching.tokenize_mpo(builtin_mpo_examples(), byte_tokenizer(), LIMITS)
   mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
-  built = init_train_state(config, model_config(config), mesh, total_steps=2)
-  state = built.state
+  run, spec, state = setup(config, mesh, total_steps=2)
   noise = jax.random.split(jax.random.key(1), len(jax.tree.leaves(state.params)))
   moved = jax.tree.map(lambda p, k: p + 0.05 * jax.random.normal(k, p.shape, p.dtype), state.params,
                        jax.tree.unflatten(jax.tree.structure(state.params), list(noise)))
@@ -91,7 +87,7 @@ def test_mpo_step_loss_equals_l1_plus_l2_from_numpy(pool_padding):
   batch.pop("index")
 
   def stats(params, side):
-    model = built.policy_def.merge_model(params)
+    model = spec.policy_def.merge_model(params)
     ids, mask, loss_mask = (batch[f"{side}_{k}"] for k in ("ids", "mask", "loss_mask"))
     _, mean = numpy_logps(model(ids, mask), ids, loss_mask)
     return mean, numpy_pool(model.hidden_states(ids, mask), mask, pool_padding)
@@ -102,9 +98,7 @@ def test_mpo_step_loss_equals_l1_plus_l2_from_numpy(pool_padding):
   errors = (1.5 * (tc - tr) - (dc - dr)) ** 2
   retention = np.mean((np.concatenate([pool_c, pool_r]) - np.concatenate([ref_pool_c, ref_pool_r])) ** 2)
 
-  obj = Objective.from_config(config, 0, languages=data.languages)
-  step = make_train_step(built, obj, aux_every=1, mesh=mesh)
-  _, metrics = step(state, to_device(split_micro_batches(batch, 1), batch_sharding(mesh, accumulated=True)))
+  _, metrics = compiled_step(run, spec, mesh, num_languages=len(data.languages))(state, device_batch(batch, mesh))
   assert retention > 1e-6  # the policy really moved
   # L1 squares differences of float32 log-prob averages of about -6 (absolute error ~1e-6 on gaps ~0.03).
   np.testing.assert_allclose(metrics["mpo_loss"], errors.mean(), rtol=1e-3)
@@ -124,10 +118,10 @@ def test_qwen_mpo_trains_sharded_with_the_cached_dominant_side_as_with_a_frozen_
             f"data.data_dir={tmp_path / 'tfds'}", "optim.lr=1e-3", "optim.warmup_ratio=0.0"]
   cached = mpo_config(*common, "reference='precomputed'", "mesh.shape=(2,2,2)")
   frozen = mpo_config(*common, "reference='frozen_copy'", "mesh.shape=(1,8,1)")
-  trainer.run(cached, str(tmp_path / "cached"))
+  trainer.train(cached, str(tmp_path / "cached"))
   out = capsys.readouterr().out
   assert "dominant languages zh 581, en 18" in out and "mpo_dominant: computed" in out
-  trainer.run(frozen, str(tmp_path / "frozen"))
+  trainer.train(frozen, str(tmp_path / "frozen"))
   read = lambda run: [json.loads(line) for line in open(tmp_path / run / "metrics.jsonl")]
   a, b = read("cached"), read("frozen")
   # The frozen model's values are the same at every step, cached or not.
@@ -155,30 +149,30 @@ def test_metrics_writer_averages_per_language_over_the_window(tmp_path):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["objective.base='mpo'"], "objective.base='mpo' trains on an mpo_pairs dataset"),
-    (["objective.base='mpo'", "data.source='tfds'", "data.name='mpo_pairs/llama'"],
-     "mlc.enabled=True: MPO's data has no prompt variants"),
-    (["data.source='tfds'", "data.name='mpo_pairs/gemma'"], "only objective.base='mpo' reads"),
-    (["objective.base='mpo'", "data.source='tfds'", "data.name='mpo_pairs/qwen'", "mlc.enabled=False",
-      "objective.pool_padding=True", "data.pair_buckets=(16,)"], "objective.pool_padding=True averages over"),
-    (["objective.retention_weight=-1.0"], "objective.retention_weight=-1.0 must be >= 0"),
+    (["objective.name='mpo'"], "objective.name='mpo' trains on an mpo_pairs dataset"),
+    (["objective.name='mpo'", "data.source='tfds'", "data.name='mpo_pairs/llama'"],
+     "mlc.enabled=True: objective.name='mpo' reads MPO pairs .* which have no prompt variants"),
+    (["data.source='tfds'", "data.name='mpo_pairs/gemma'"], "only objective.name='mpo' reads"),
+    (["objective.name='mpo'", "data.source='tfds'", "data.name='mpo_pairs/qwen'", "mlc.enabled=False",
+      "objective.mpo.pool_padding=True", "data.pair_buckets=(16,)"], "objective.mpo.pool_padding=True averages over"),
+    (["objective.mpo.retention_weight=-1.0"], r"objective.mpo.retention_weight=-1.0 must be >= 0"),
 ])
 def test_mpo_config_errors_name_the_key(tmp_path, overrides, message):
   config = small_config(*overrides)
-  with pytest.raises(config_lib.ConfigError, match=message):
+  with pytest.raises(ConfigError, match=message):
     trainer.prepare(config, str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()
 
 
 def test_mpo_config_has_the_papers_settings():
-  load = lambda arg: config_lib.load_config_file(os.path.join(ROOT, "configs", f"mpo.py:{arg}"))
+  load = lambda arg: load_config_file(os.path.join(ROOT, "configs", f"mpo.py:{arg}"))
   for model, name, beta, lr in [("llama3p1_8b", "llama", 1.0, 6e-7), ("gemma2_9b", "gemma", 1.5, 4e-7),
                                 ("qwen2p5_7b", "qwen", 1.5, 6e-7)]:
     c = load(f"model={model}")
-    assert (c.objective.base, c.objective.beta, c.optim.lr, c.train.epochs) == ("mpo", beta, lr, 2.0)
+    assert (c.objective.name, c.objective.mpo.beta, c.optim.lr, c.train.epochs) == ("mpo", beta, lr, 2.0)
     assert c.data.name == f"mpo_pairs/{name}" and c.mlc.enabled is False and c.model.preset == model
   assert load("model=tiny,data=qwen").data.name == "mpo_pairs/qwen"
-  with pytest.raises(config_lib.ConfigError, match="model='gpt2'"):
+  with pytest.raises(ConfigError, match="model='gpt2'"):
     load("model=gpt2")
-  with pytest.raises(config_lib.ConfigError, match="data='mistral'"):
+  with pytest.raises(ConfigError, match="data='mistral'"):
     load("model=tiny,data=mistral")

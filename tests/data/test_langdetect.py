@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from paths import SHARED_DATA
 from mlc_jax.data.langdetect import UNKNOWN, detect_language
 
-DATA = Path(__file__).parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} is not there")
+needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} is not there")
 
 SENTENCES = {
     "en": "How do I bake bread at home without an oven?",
@@ -64,7 +64,7 @@ def _accuracy(texts, lang):
 @needs_data
 def test_mlc_columns_are_detected():
   """The MLC jsonl labels each column's language: every column is detected right for >= 98 % of rows."""
-  rows = [json.loads(line) for line in (DATA / "mlc" / "pku_saferlhf_safety_test.jsonl").open(encoding="utf-8")]
+  rows = [json.loads(line) for line in (SHARED_DATA / "mlc" / "pku_saferlhf_safety_test.jsonl").open(encoding="utf-8")]
   for column in [c for c in rows[0] if c.startswith("prompt")]:
     lang = column.removeprefix("prompt").removeprefix("_") or "en"
     assert _accuracy([r[column][0]["value"] for r in rows], lang) >= 0.98, column
@@ -73,7 +73,7 @@ def test_mlc_columns_are_detected():
 @needs_data
 def test_multijail_columns_are_detected():
   """Non-Latin scripts are decided by script (all right); Latin languages by word lists (>= 85 %)."""
-  with (DATA / "multijail" / "MultiJail.csv").open(encoding="utf-8-sig", newline="") as f:
+  with (SHARED_DATA / "multijail" / "MultiJail.csv").open(encoding="utf-8-sig", newline="") as f:
     rows = list(csv.DictReader(f))
   for lang in ("zh", "ar", "ko", "th", "bn"):
     assert _accuracy([r[lang] for r in rows], lang) == 1.0, lang
@@ -92,7 +92,7 @@ def test_multijail_columns_are_detected():
 )
 def test_mpo_dominant_language_per_file(model, dominant, share, targets):
   """The dominant (source) language differs between the MPO files: en for Llama and Gemma, zh for Qwen."""
-  pairs = json.loads((DATA / "mpo" / f"{model}_mpo_data.json").read_text(encoding="utf-8"))
+  pairs = json.loads((SHARED_DATA / "mpo" / f"{model}_mpo_data.json").read_text(encoding="utf-8"))
   source = collections.Counter(detect_language(p["source_conversations"][0]["value"]) for p in pairs)
   target = collections.Counter(detect_language(p["target_conversations"][0]["value"]) for p in pairs)
   assert source.most_common(1) == [(dominant, share)]

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from paths import SHARED_DATA
 from mlc_jax.data import tokenizer as tk
 from mlc_jax.data.batching import (
     BATCH_KEYS,
@@ -21,7 +22,6 @@ from mlc_jax.data.preferences import (
     read_mlc_jsonl,
 )
 
-SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
 MLC_JSONL = SHARED_DATA / "mlc" / "pku_saferlhf_safety_test.jsonl"
 needs_shared_data = pytest.mark.skipif(
     not SHARED_DATA.is_dir(), reason=f"shared data directory {SHARED_DATA} is absent"

@@ -1,0 +1,77 @@
+"""The kinds of training data an objective can read, each with its checks and its loader.
+
+A `DataKind` turns a run's `data` section (`mlc_jax.config.sections.DataSection`) and a tokenizer into a
+tokenized dataset (`TokenizedData`, `MpoTokenizedData`, …) that the input pipeline batches by its `batch_keys`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from mlc_jax.config.fields import ConfigError
+from mlc_jax.data import batching
+from mlc_jax.data.preferences import MPO_DATASET_PREFIX, load_mpo_pairs, load_preferences
+
+
+@dataclasses.dataclass(frozen=True)
+class DataKind:
+  """What an objective trains on.
+
+  Attributes:
+    name: a short description used in messages.
+    prompt_variants: whether each example carries its prompt in every language (`prompt_ids` `[N, L, P]`, what
+      the MLC term reads).
+    check: `check(data_section)` raises `ConfigError` naming the key when the section cannot give this kind.
+    load: `load(data_section, tokenizer)` → the tokenized dataset (prints a one-line summary).
+  """
+
+  name: str
+  prompt_variants: bool
+  check: Callable
+  load: Callable
+
+
+def _is_mpo_dataset(data) -> bool:
+  return data.source == "tfds" and data.name.startswith(MPO_DATASET_PREFIX)
+
+
+def _check_preference_pairs(data):
+  if _is_mpo_dataset(data):
+    raise ConfigError(f"data.name={data.name!r} holds MPO pairs, which only objective.name='mpo' reads")
+
+
+def _load_preference_pairs(data, tokenizer) -> batching.TokenizedData:
+  try:
+    examples, langs = load_preferences(data.source, data.path or None, data.langs, empty_responses="keep",
+                                       name=data.name, manual_dir=data.manual_dir, data_dir=data.data_dir)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"data: {e}") from e
+  print(f"data: {len(examples)} pairs, languages {', '.join(langs)}")
+  return batching.tokenize_examples(examples, tokenizer, data.limits)
+
+
+def _check_mpo_pairs(data):
+  if not _is_mpo_dataset(data):
+    raise ConfigError(f"objective.name='mpo' trains on an mpo_pairs dataset: set data.source='tfds' and "
+                      f"data.name='mpo_pairs/llama' (or gemma, qwen); got data.source={data.source!r}, "
+                      f"data.name={data.name!r}")
+
+
+def _load_mpo_pairs(data, tokenizer) -> batching.MpoTokenizedData:
+  try:
+    examples, dropped = load_mpo_pairs(data.name, data.langs, manual_dir=data.manual_dir, data_dir=data.data_dir)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"data: {e}") from e
+  tokenized = batching.tokenize_mpo(examples, tokenizer, data.limits)
+  count = lambda codes, which: ", ".join(f"{code} {int((which == i).sum())}" for i, code in enumerate(codes))
+  print(f"data: {len(tokenized)} MPO pairs from {data.name}; dominant languages "
+        f"{count(tokenized.dominant_languages, tokenized.dominant_language)}; target languages "
+        f"{count(tokenized.languages, tokenized.pair_language)}"
+        + (f"; left out (target not in data.langs): {dropped}" if dropped else ""))
+  return tokenized
+
+
+PREFERENCE_PAIRS = DataKind("preference pairs with prompt variants", prompt_variants=True,
+                            check=_check_preference_pairs, load=_load_preference_pairs)
+MPO_PAIRS = DataKind("MPO pairs (a dominant-language and a target-language pair)", prompt_variants=False,
+                     check=_check_mpo_pairs, load=_load_mpo_pairs)
