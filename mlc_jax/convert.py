@@ -16,7 +16,12 @@ import time
 import jax.numpy as jnp
 import numpy as np
 
+from mlc_jax import cli
 from mlc_jax.models.config import DTYPES
+
+
+class LogitsDiffer(RuntimeError):
+  """The written checkpoint does not compute what the input does."""
 
 
 def parse_args(argv):
@@ -46,28 +51,28 @@ def convert(from_hf: str, to_hf: str, *, dtype=jnp.float32, overwrite=False, che
   model = load_hf(from_hf, dtype=dtype)
   print(f"loaded {from_hf}: {model.cfg.family}, {model.cfg.num_params() / 1e6:.1f}M parameters "
         f"({time.time() - start:.1f}s)")
+  ids = jnp.asarray(np.random.default_rng(0).integers(0, model.cfg.vocab_size, (1, max(check_tokens, 1))))
+  expected = model(ids) if check_tokens else None
   save_hf(model, to_hf, tokenizer=_tokenizer_of(from_hf), dtype=dtype, overwrite=overwrite)
   print(f"wrote {to_hf}")
+  del model  # the check reloads the output: never two models in memory
   if not check_tokens:
     return None
-  ids = jnp.asarray(np.random.default_rng(0).integers(0, model.cfg.vocab_size, (1, check_tokens)))
-  diff = float(jnp.abs(model(ids) - load_hf(to_hf, dtype=dtype)(ids)).max())
+  diff = float(jnp.abs(expected - load_hf(to_hf, dtype=dtype)(ids)).max())
   print(f"logits check on {check_tokens} random tokens: max |Δ| = {diff:.3g}")
   return diff
 
 
 def main(argv=None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
-  try:
+
+  def body():
     diff = convert(args.from_hf, args.to_hf, dtype=DTYPES[args.dtype], overwrite=args.overwrite,
                    check_tokens=args.check_tokens)
-  except (OSError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  if diff is not None and diff != 0.0:
-    print(f"error: the converted checkpoint's logits differ from the input's by {diff:.3g}", file=sys.stderr)
-    return 1
-  return 0
+    if diff is not None and diff != 0.0:
+      raise LogitsDiffer(f"the converted checkpoint's logits differ from the input's by {diff:.3g}")
+
+  return cli.run(body, {LogitsDiffer: 1, cli.BAD_INPUT: 2})
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import jax
 import numpy as np
 from safetensors.numpy import save_file
 
+from mlc_jax import cli
 from mlc_jax.models.config import DTYPES
 
 EXTRACTOR_FILE = "mlc_extractor.safetensors"
@@ -46,12 +47,12 @@ def load_run_config(workdir: str):
     return RunConfig.parse(ml_collections.ConfigDict(json.load(f)))
 
 
-def restore_params(workdir: str, step: int | None = None, *, mesh=None) -> RestoredRun:
+def restore_params(workdir: str, step: int | None = None, *, mesh=None, to_host: bool = False) -> RestoredRun:
   """The parameters of a run's checkpoint at `step` (default: the latest), restored onto `mesh`.
 
   Only the parameters are read (an Orbax partial restore into the abstract train state): no optimizer state, no
   reference copy and no initial model is ever built, so a host needs the parameters' memory once. The default mesh
-  shards them over every local device along `fsdp`.
+  shards them over every local device along `fsdp`; `to_host` gives host NumPy arrays instead (for writing files).
   """
   from mlc_jax.config import ConfigError
   from mlc_jax.parallel.mesh import make_mesh
@@ -72,7 +73,7 @@ def restore_params(workdir: str, step: int | None = None, *, mesh=None) -> Resto
       raise ValueError(f"--step {step}: no checkpoint at that step; available: {sorted(steps)}")
     mesh = make_mesh((1, -1, 1), devices=jax.local_devices()) if mesh is None else mesh
     spec = abstract_train_state(run, run.architecture(), mesh)
-    params = checkpointing.restore_params(mngr, step, spec.abstract.params)
+    params = checkpointing.restore_params(mngr, step, spec.abstract.params, to_host=to_host)
   finally:
     mngr.close()
   return RestoredRun(run, spec.policy_def.merge_model(params["model"]), params.get("extractor"), step)
@@ -82,12 +83,11 @@ def export(workdir: str, out: str, *, step: int | None = None, dtype=None, overw
   from mlc_jax.data.tokenizer import load_tokenizer
   from mlc_jax.models import save_hf
 
-  run, model, extractor, step = restore_params(workdir, step)
+  run, model, extractor, step = restore_params(workdir, step, to_host=True)
   tokenizer = load_tokenizer(run.tokenizer or run.model.hf_path or None)
   save_hf(model, out, tokenizer=tokenizer, dtype=dtype, overwrite=overwrite)
   if extractor is not None:
-    save_file({"kernel": np.asarray(extractor["kernel"], np.float32), "bias": np.asarray(extractor["bias"], np.float32)},
-              os.path.join(out, EXTRACTOR_FILE))
+    save_file({k: np.asarray(extractor[k], np.float32) for k in ("kernel", "bias")}, os.path.join(out, EXTRACTOR_FILE))
     with open(os.path.join(out, EXTRACTOR_META), "w") as f:
       json.dump({**run.mlc.metadata(model.cfg), "step": step}, f, indent=2)
   print(f"exported step {step} of {workdir} to {out}")
@@ -102,13 +102,12 @@ def main(argv=None) -> int:
   parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="dtype on disk (default: the run's)")
   parser.add_argument("--overwrite", action="store_true")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  try:
+
+  def body():
     export(args.workdir, args.out, step=args.step, dtype=DTYPES[args.dtype] if args.dtype else None,
            overwrite=args.overwrite)
-  except (OSError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  return 0
+
+  return cli.run(body)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ def main():
 
   import json
 
-  from mlc_jax.data.batching import SequenceLimits, tokenize_examples
+  from mlc_jax.data.tokenized import SequenceLimits, tokenize_examples
   from mlc_jax.data.pipeline import batch_iterator
   from mlc_jax.data.preferences import load_preferences
   from mlc_jax.data.tokenizer import byte_tokenizer

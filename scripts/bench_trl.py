@@ -1,7 +1,9 @@
 """TRL side of scripts/bench.py: TRL's `DPOTrainer` (PyTorch, CPU) on the same weights, data and settings.
 
-Runs in its own virtual environment (trl, torch, transformers, datasets; scripts/bench.py creates it), started
-by scripts/bench.py as a worker process and driven over stdin/stdout so the two sides can be interleaved:
+Two halves. The driver half (`ensure_trl_venv`, `TRLWorker`, `peak_matmul_torch`, `word_tokenizer`) is imported
+by scripts/bench.py. The worker half (`main`) runs in its own virtual environment `.venv-bench-trl/` (trl, torch,
+transformers, datasets; `ensure_trl_venv` creates it), started by scripts/bench.py as a worker process and driven
+over stdin/stdout so the two sides can be interleaved:
 
   worker → `BENCH {"event": "ready", ...}`   after the trainer is built and the reference log-probs are
                                              precomputed (not timed as training)
@@ -23,14 +25,109 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
 import sys
 import time
 
 import numpy as np
-import torch
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRL_VENV = os.path.join(ROOT, ".venv-bench-trl")
+TRL_PACKAGES = ("torch==2.13.0", "trl", "transformers", "datasets")
 EOS_TOKEN = "</s>"
 PAD_TOKEN = "<pad>"
+# The word tokenizer's chat template renders a user turn as its text alone: the prompt ids are the prompt's words.
+WORD_CHAT_TEMPLATE = "{% for message in messages %}{{ message['content'] }}{% endfor %}"
+
+
+# ------------------------------------------------------------------------------------------ driver (bench.py)
+def ensure_trl_venv(path: str = TRL_VENV) -> str:
+  """The TRL virtual environment's python, creating and installing it on first use (about a minute)."""
+  python = os.path.join(path, "bin", "python")
+  stamp = os.path.join(path, ".bench-installed")
+  if not os.path.isfile(stamp):
+    print(f"[bench] setting up {path}: pip install {' '.join(TRL_PACKAGES)}", flush=True)
+    if not os.path.isfile(python):
+      base = getattr(sys, "_base_executable", None) or shutil.which("python3")
+      subprocess.run([base, "-m", "venv", path], check=True)
+    with open(os.path.join(path, ".gitignore"), "w") as f:
+      f.write("*\n")  # keep the environment out of git whatever the repository's .gitignore says
+    subprocess.run([python, "-m", "pip", "install", "-q", *TRL_PACKAGES], check=True)
+    subprocess.run([python, "-c", "import trl, torch, transformers, datasets"], check=True)
+    open(stamp, "w").close()
+  return python
+
+
+class TRLWorker:
+  """scripts/bench_trl.py in the TRL environment, driven one round at a time."""
+
+  def __init__(self, python: str, workdir: str, setting: str, args):
+    self.setting = setting
+    self.log_path = os.path.join(workdir, f"trl_{setting}.log")
+    self.log = open(self.log_path, "w")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               TOKENIZERS_PARALLELISM="false", TQDM_DISABLE="1", HF_DATASETS_CACHE=os.path.join(workdir, "hf_cache"))
+    env.pop("PYTHONPATH", None)
+    cmd = [python, os.path.abspath(__file__), "--workdir", workdir, "--setting", setting,
+           "--threads", str(args.threads), "--rounds", str(args.rounds), "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--round_warmup", str(args.round_warmup)]
+    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                 env=env)
+    self.ready = self._read("ready")
+
+  def _read(self, event: str) -> dict:
+    for line in self.proc.stdout:
+      if line.startswith("BENCH "):
+        msg = json.loads(line[6:])
+        if msg["event"] == event:
+          return msg
+    self.log.flush()
+    tail = open(self.log_path).read()[-3000:]
+    raise RuntimeError(f"TRL worker ({self.setting}) exited (rc={self.proc.wait()}) before '{event}'; "
+                       f"log {self.log_path}:\n{tail}")
+
+  def run_round(self) -> dict:
+    self.proc.stdin.write("go\n")
+    self.proc.stdin.flush()
+    return self._read("round")
+
+  def close(self):
+    try:
+      self.proc.stdin.close()
+    except OSError:
+      pass
+    self.proc.wait(timeout=60)
+    self.log.close()
+
+
+def peak_matmul_torch(python: str) -> dict | None:
+  out = subprocess.run([python, os.path.abspath(__file__), "--workdir", ".", "--peak"],
+                       capture_output=True, text=True, check=True)
+  for line in out.stdout.splitlines():
+    if line.startswith("BENCH "):
+      return json.loads(line[6:])
+  return None
+
+
+def word_tokenizer(vocab_size: int, eos_id: int, pad_id: int):
+  """A tokenizer whose tokens map 1:1 to ids: `t<i>` ↔ i (split on whitespace), `</s>` ↔ eos_id, `<pad>` ↔ pad_id.
+
+  Both sides tokenise with it: our `tokenize_examples` (through `WORD_CHAT_TEMPLATE`) and TRL's trainer.
+  """
+  from tokenizers import Tokenizer, models, pre_tokenizers
+  from transformers import PreTrainedTokenizerFast
+
+  vocab = {f"t{i}": i for i in range(vocab_size)}
+  vocab[EOS_TOKEN], vocab[PAD_TOKEN] = eos_id, pad_id
+  del vocab[f"t{eos_id}"], vocab[f"t{pad_id}"]
+  tok = Tokenizer(models.WordLevel(vocab, unk_token=PAD_TOKEN))
+  tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+  return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN,
+                                 chat_template=WORD_CHAT_TEMPLATE)
+
+
+# ----------------------------------------------------------------------------------------- worker (TRL venv)
 
 
 def emit(**payload):
@@ -42,19 +139,6 @@ def wait_for_go():
   line = sys.stdin.readline()
   if line.strip() != "go":
     sys.exit(0)  # the benchmark went away or told us to stop
-
-
-def word_tokenizer(vocab_size: int, eos_id: int, pad_id: int):
-  """A tokenizer whose tokens map 1:1 to ids: `t<i>` ↔ i (whitespace-separated), `</s>` ↔ eos_id, `<pad>` ↔ pad_id."""
-  from tokenizers import Tokenizer, models, pre_tokenizers
-  from transformers import PreTrainedTokenizerFast
-
-  vocab = {f"t{i}": i for i in range(vocab_size)}
-  vocab[EOS_TOKEN], vocab[PAD_TOKEN] = eos_id, pad_id
-  del vocab[f"t{eos_id}"], vocab[f"t{pad_id}"]
-  tok = Tokenizer(models.WordLevel(vocab, unk_token=PAD_TOKEN))
-  tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-  return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)
 
 
 def text(ids) -> str:
@@ -77,8 +161,9 @@ def build_dataset(data: dict, with_mlc: bool):
   return Dataset.from_dict(rows)
 
 
-def mlc_loss(z: torch.Tensor, tau: float, eps: float = 1e-12) -> torch.Tensor:
+def mlc_loss(z, tau: float, eps: float = 1e-12):
   """MLC consistency loss for `z` `[B, L, D]` (the official code's σ_1-normalised form)."""
+  import torch
   z = z.float()
   z = z / (z.norm(dim=-1, keepdim=True) + eps)
   s = torch.linalg.svdvals(z)
@@ -126,12 +211,14 @@ class MLCCollator:
     self.base = base
 
   def __call__(self, examples):
+    import torch
     out = self.base(examples)
     out["mlc_prompt_ids"] = torch.tensor([e["mlc_prompt_ids"] for e in examples], dtype=torch.long)
     return out
 
 
 def peak_matmul(sizes=(1024, 2048, 3072), reps=5) -> dict:
+  import torch
   best = {}
   for n in sizes:
     a, b = torch.randn(n, n), torch.randn(n, n)
@@ -157,6 +244,7 @@ def main():
   p.add_argument("--round_warmup", type=int, default=1, help="untimed steps at the start of later rounds")
   p.add_argument("--peak", action="store_true", help="only measure the peak fp32 torch.mm FLOP/s")
   args = p.parse_args()
+  import torch
   torch.set_num_threads(args.threads)
   if args.peak:
     emit(event="peak", **peak_matmul())

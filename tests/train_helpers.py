@@ -4,11 +4,11 @@ import numpy as np
 from paths import ROOT
 
 from mlc_jax.config import RunConfig, apply_overrides, load_config_file
-from mlc_jax.data import batching, pipeline
+from mlc_jax.data import pipeline, tokenized
 from mlc_jax.data.preferences import load_preferences
 from mlc_jax.data.tokenizer import byte_tokenizer
 from mlc_jax.train.state import abstract_train_state, init_train_state
-from mlc_jax.train.step import batch_sharding, make_train_step, split_micro_batches, to_device
+from mlc_jax.train.step import device_batch, make_train_step
 
 DEMO = str(ROOT / "configs" / "demo.py")
 SMALL = ["data.max_prompt_len=24", "data.max_response_len=24", "data.mlc_prompt_len=24", "mlc.extractor_dim=16"]
@@ -20,9 +20,9 @@ def small_config(*overrides):
 
 def tokenized_builtin(config):
   examples, _ = load_preferences("builtin", None, config.data.langs)
-  limits = batching.SequenceLimits(config.data.max_prompt_len, config.data.max_response_len,
+  limits = tokenized.SequenceLimits(config.data.max_prompt_len, config.data.max_response_len,
                                    config.data.mlc_prompt_len)
-  return batching.tokenize_examples(examples, byte_tokenizer(), limits)
+  return tokenized.tokenize_examples(examples, byte_tokenizer(), limits)
 
 
 def setup(config, mesh, total_steps=1):
@@ -37,11 +37,6 @@ def compiled_step(run, spec, mesh, num_languages=0):
                          num_languages=num_languages)
 
 
-def device_batch(batch, mesh, grad_accum=1):
-  """A host batch (without `index`) as the step's `[grad_accum, micro, …]` device arrays."""
-  return to_device(split_micro_batches(batch, grad_accum), batch_sharding(mesh, accumulated=True))
-
-
 def train_in_process(config, mesh, steps, data=None):
   """Runs `steps` train steps on `mesh`; returns (final params as numpy, per-step metrics).
 
@@ -54,9 +49,7 @@ def train_in_process(config, mesh, steps, data=None):
   iterator = pipeline.batch_iterator(data, run.train.batch_size, seed=0)
   history = []
   for _ in range(steps):
-    batch = next(iterator)
-    batch.pop("index")
-    state, metrics = step_fn(state, device_batch(batch, mesh, run.train.grad_accum))
+    state, metrics = step_fn(state, device_batch(next(iterator), mesh, grad_accum=run.train.grad_accum))
     history.append(jax.device_get(metrics))
   return jax.tree.map(np.asarray, jax.device_get(state.params)), history
 

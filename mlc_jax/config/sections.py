@@ -58,7 +58,8 @@ DATA_SOURCES = ("builtin", "mlc_jsonl", "tfds")
 class DataSection(Section):
   source: str = field("builtin", "'builtin' | 'mlc_jsonl' | 'tfds'", one_of(DATA_SOURCES))
   path: str = field("", "the file for source='mlc_jsonl'")
-  name: str = field("mlc_pku_saferlhf/dpo", "the TFDS dataset for source='tfds' (prepared from manual_dir on first use)")
+  name: str = field("mlc_pku_saferlhf/dpo", "the TFDS dataset for source='tfds' (prepared from manual_dir on first "
+                    "use)")
   manual_dir: str = field("../shared/data", "the folder the TFDS builders read")
   data_dir: str = field("", "TFDS data_dir; '' = TFDS's default (~/tensorflow_datasets)")
   langs: str | tuple[str, ...] = field("builtin", "a language-set name, 'en,zh,sw', or a tuple of codes")
@@ -71,7 +72,7 @@ class DataSection(Section):
 
   @property
   def limits(self):
-    from mlc_jax.data.batching import SequenceLimits
+    from mlc_jax.data.tokenized import SequenceLimits
     return SequenceLimits(self.max_prompt_len, self.max_response_len, self.mlc_prompt_len)
 
   def check(self, key):

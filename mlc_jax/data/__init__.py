@@ -1,4 +1,4 @@
-"""Data: language sets, preference sources, tokenisation, batching, and the TFDS builders.
+"""Data: language sets, preference sources, tokenisation into fixed-shape arrays, the input pipeline, TFDS builders.
 
 Importing ``mlc_jax.data`` registers the TFDS builders of ``mlc_jax.data.tfds_builders`` (``multijail``,
 ``mlc_pku_saferlhf``, ``mpo_pairs``, ``xsafety``) without importing TensorFlow Datasets, which takes about

@@ -9,7 +9,7 @@ import dataclasses
 from collections.abc import Callable
 
 from mlc_jax.config.fields import ConfigError
-from mlc_jax.data import batching
+from mlc_jax.data import tokenized
 from mlc_jax.data.preferences import MPO_DATASET_PREFIX, load_mpo_pairs, load_preferences
 
 
@@ -40,14 +40,14 @@ def _check_preference_pairs(data):
     raise ConfigError(f"data.name={data.name!r} holds MPO pairs, which only objective.name='mpo' reads")
 
 
-def _load_preference_pairs(data, tokenizer) -> batching.TokenizedData:
+def _load_preference_pairs(data, tokenizer) -> tokenized.TokenizedData:
   try:
     examples, langs = load_preferences(data.source, data.path or None, data.langs, empty_responses="keep",
                                        name=data.name, manual_dir=data.manual_dir, data_dir=data.data_dir)
   except (OSError, ValueError) as e:
     raise ConfigError(f"data: {e}") from e
   print(f"data: {len(examples)} pairs, languages {', '.join(langs)}")
-  return batching.tokenize_examples(examples, tokenizer, data.limits)
+  return tokenized.tokenize_examples(examples, tokenizer, data.limits)
 
 
 def _check_mpo_pairs(data):
@@ -57,18 +57,18 @@ def _check_mpo_pairs(data):
                       f"data.name={data.name!r}")
 
 
-def _load_mpo_pairs(data, tokenizer) -> batching.MpoTokenizedData:
+def _load_mpo_pairs(data, tokenizer) -> tokenized.MpoTokenizedData:
   try:
     examples, dropped = load_mpo_pairs(data.name, data.langs, manual_dir=data.manual_dir, data_dir=data.data_dir)
   except (OSError, ValueError) as e:
     raise ConfigError(f"data: {e}") from e
-  tokenized = batching.tokenize_mpo(examples, tokenizer, data.limits)
+  pairs = tokenized.tokenize_mpo(examples, tokenizer, data.limits)
   count = lambda codes, which: ", ".join(f"{code} {int((which == i).sum())}" for i, code in enumerate(codes))
-  print(f"data: {len(tokenized)} MPO pairs from {data.name}; dominant languages "
-        f"{count(tokenized.dominant_languages, tokenized.dominant_language)}; target languages "
-        f"{count(tokenized.languages, tokenized.pair_language)}"
+  print(f"data: {len(pairs)} MPO pairs from {data.name}; dominant languages "
+        f"{count(pairs.dominant_languages, pairs.dominant_language)}; target languages "
+        f"{count(pairs.languages, pairs.pair_language)}"
         + (f"; left out (target not in data.langs): {dropped}" if dropped else ""))
-  return tokenized
+  return pairs
 
 
 PREFERENCE_PAIRS = DataKind("preference pairs with prompt variants", prompt_variants=True,

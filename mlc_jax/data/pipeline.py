@@ -17,7 +17,7 @@ from typing import Sequence
 import grain
 import numpy as np
 
-from mlc_jax.data.batching import DOMINANT_PAIR_KEYS, PAIR_KEYS, PROMPT_KEYS, MpoTokenizedData, TokenizedData
+from mlc_jax.data.tokenized import DOMINANT_PAIR_KEYS, PAIR_KEYS, PROMPT_KEYS, MpoTokenizedData, TokenizedData
 
 
 def check_buckets(buckets: Sequence[int], limit: int, *, key: str) -> tuple[int, ...]:

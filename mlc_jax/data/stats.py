@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from mlc_jax.data.tfds_builders import common
-from mlc_jax.data.tokenizer import load_tokenizer
+from mlc_jax.data.tokenizer import chat_prompts, load_tokenizer
 
 DEFAULT_MANUAL_DIR = os.path.join("..", "shared", "data")
 
@@ -42,12 +42,7 @@ class TextStats:
 def token_lengths(tokenizer, texts: Sequence[str], *, prompts: bool) -> list[int]:
   """Token counts of ``texts``: prompts rendered with the chat template, responses as bare text."""
   if prompts:
-    texts = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-        )
-        for text in texts
-    ]
+    texts = chat_prompts(tokenizer, texts)
   return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
 
 

@@ -138,6 +138,18 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
+def chat_prompts(tokenizer: PreTrainedTokenizerBase, texts, *, system: str | None = None) -> list[str]:
+    """Each text as a single user turn (after an optional system turn), rendered with the tokenizer's chat template
+    up to and including the assistant header (``add_generation_prompt=True``); encode with ``add_special_tokens=False``.
+    """
+    head = [{"role": "system", "content": system}] if system else []
+    return [
+        tokenizer.apply_chat_template(head + [{"role": "user", "content": text}], add_generation_prompt=True,
+                                      tokenize=False)
+        for text in texts
+    ]
+
+
 def load_tokenizer(path: str | os.PathLike | None) -> PreTrainedTokenizerBase:
     """``None`` or ``"byte"``: the built-in byte tokenizer; otherwise a Hugging Face tokenizer from a local
     directory (never downloaded). The tokenizer must have a chat template.

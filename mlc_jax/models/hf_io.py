@@ -27,6 +27,13 @@ from mlc_jax.parallel import sharding as sharding_lib
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 MAX_SHARD_SIZE = 5 * 1024**3
+MIN_DEFAULT_SHARD_SIZE = 256 * 1024**2
+
+
+def default_shard_size(total_bytes: int) -> int:
+  """A quarter of the model, between 256 MiB and 5 GiB: `save_hf` holds one shard's converted tensors beside the
+  parameters, so this keeps its peak memory near 1.25 × the parameters at every size."""
+  return min(MAX_SHARD_SIZE, max(total_bytes // 4, MIN_DEFAULT_SHARD_SIZE))
 
 
 class CheckpointError(ValueError):
@@ -155,7 +162,7 @@ def _piece_reader(reader: _TensorReader, rule: ParamRule, shape: tuple[int, ...]
 
 
 def save_hf(model: Decoder, out_dir: str, tokenizer=None, *, dtype=None, overwrite: bool = False,
-            max_shard_size: int = MAX_SHARD_SIZE) -> str:
+            max_shard_size: int | None = None) -> str:
   """Writes `model` as an HF directory that `AutoModelForCausalLM.from_pretrained` loads.
 
   Writes config.json, generation_config.json, safetensors shards of at most `max_shard_size` bytes (with
@@ -163,8 +170,11 @@ def save_hf(model: Decoder, out_dir: str, tokenizer=None, *, dtype=None, overwri
   written to a temporary directory first and renamed into place, so a failure never leaves a half-written
   or clobbered `out_dir`; an existing non-empty `out_dir` is refused unless `overwrite=True`.
 
+  Shards are converted and written one at a time, so peak memory is the parameters plus one shard.
+
   Args:
     dtype: tensor dtype on disk (default: the parameters' dtype).
+    max_shard_size: bytes per safetensors file (default: `default_shard_size` of the model).
   """
   cfg = model.cfg
   family = family_for(cfg.family, source="ModelConfig.family")
@@ -186,6 +196,8 @@ def save_hf(model: Decoder, out_dir: str, tokenizer=None, *, dtype=None, overwri
     return jax.ShapeDtypeStruct(rule.layout.hf_shape(layer_shape), dtype or array.dtype)
 
   structs = {name: hf_struct(name) for name in sources}
+  total_bytes = sum(s.size * np.dtype(s.dtype).itemsize for s in structs.values())
+  max_shard_size = default_shard_size(total_bytes) if max_shard_size is None else max_shard_size
   split = split_state_dict_into_shards_factory(
       structs, max_shard_size=max_shard_size, filename_pattern="model{suffix}.safetensors",
       get_storage_size=lambda s: s.size * np.dtype(s.dtype).itemsize)
@@ -202,7 +214,7 @@ def save_hf(model: Decoder, out_dir: str, tokenizer=None, *, dtype=None, overwri
     for filename, names in split.filename_to_tensors.items():
       save_file({n: materialise(n) for n in names}, os.path.join(tmp, filename), metadata={"format": "pt"})
     if split.is_sharded:
-      index = {"metadata": {"total_size": sum(s.size * np.dtype(s.dtype).itemsize for s in structs.values())},
+      index = {"metadata": {"total_size": total_bytes},
                "weight_map": split.tensor_to_filename}
       with open(os.path.join(tmp, SAFE_INDEX), "w") as f:
         json.dump(index, f, indent=2, sort_keys=True)

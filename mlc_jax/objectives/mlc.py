@@ -14,7 +14,7 @@ from flax import nnx
 
 from mlc_jax.config.fields import ConfigError, Section, at_least, field, non_negative, one_of, positive
 from mlc_jax.losses import mlc as mlc_loss
-from mlc_jax.models import Decoder, ModelConfig
+from mlc_jax.models import Decoder, ModelConfig, flops
 from mlc_jax.models.extractor import Extractor
 
 
@@ -68,6 +68,15 @@ class Mlc(Section):
 
     loss, share = jax.lax.cond(apply, consistency, lambda: (jnp.float32(0.0), jnp.float32(0.0)))
     return self.weight * loss, dict(mlc_loss=loss, sigma1_share=share, mlc_applied=apply.astype(jnp.float32))
+
+  def step_flops(self, cfg: ModelConfig, shapes: dict[str, tuple[int, ...]]) -> float:
+    """Analytic FLOPs of the term (forward and backward) on prompt variants `[B, L, P]`: the blocks up to the
+    representation layer and the extractor at one position per variant."""
+    b, num_langs, p = shapes["prompt_ids"]
+    blocks = min(self.representation_layer(cfg), cfg.num_layers)
+    forward = (flops.block_flops(cfg, sequences=b * num_langs, seq_len=p, num_blocks=blocks)
+               + 2 * b * num_langs * cfg.hidden_size * self.extractor_dim)
+    return flops.training_flops(forward)
 
   def metadata(self, cfg: ModelConfig) -> dict:
     """What a user of an exported extractor needs to compute the representation."""

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-import jax
-from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -51,18 +49,3 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh
 
 def named_sharding(axes, shape, mesh: Mesh, rules=DEFAULT_RULES) -> NamedSharding:
   return NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules))
-
-
-def state_shardings(state: nnx.State, mesh: Mesh, rules=DEFAULT_RULES):
-  """A pytree of `NamedSharding`s matching `state` (arrays or ShapeDtypeStructs), from each Variable's axes.
-
-  Variables without `axes` metadata (scalars such as step counters) are replicated.
-  """
-  def one(variable):
-    axes = variable.get_metadata().get("axes")
-    shape = variable.get_value().shape
-    if axes is None:
-      return NamedSharding(mesh, PartitionSpec())
-    return named_sharding(axes, shape, mesh, rules)
-
-  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))

@@ -30,24 +30,18 @@ def parse_args(argv):
 def main(argv=None, *, on_step=None) -> int:
   """The CLI; `on_step(step, state)` is called after every step (the tests inject faults with it)."""
   args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-  from mlc_jax.config import ConfigError, apply_overrides, load_config_file  # after parsing: importing jax is slow
+  from mlc_jax import cli  # after parsing: importing jax is slow
+  from mlc_jax.config import ConfigError, apply_overrides, load_config_file
   from mlc_jax.train import trainer
   if args.multihost:
     import jax
     jax.distributed.initialize()
-  try:
+
+  def body():
     config = apply_overrides(load_config_file(args.config), overrides)
     trainer.train(config, args.workdir, allow_config_change=args.allow_config_change, on_step=on_step)
-  except ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  except trainer.NonFiniteLoss as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  except trainer.Preempted as e:
-    print(str(e), file=sys.stderr)
-    return 143
-  return 0
+
+  return cli.run(body, {ConfigError: 2, trainer.NonFiniteLoss: 1, trainer.Preempted: 143})
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -26,9 +28,17 @@ def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
   return restored["state"], restored["data"]
 
 
-def restore_params(mngr: ocp.CheckpointManager, step: int, abstract_params: dict) -> dict:
-  """Only the parameters (`state.params`) at `step`: the optimizer state and the reference copy are never read."""
+def restore_params(mngr: ocp.CheckpointManager, step: int, abstract_params: dict, *, to_host: bool = False) -> dict:
+  """Only the parameters (`state.params`) at `step`: the optimizer state and the reference copy are never read.
+
+  Arrays go into the shardings of `abstract_params`' `jax.ShapeDtypeStruct`s, or with `to_host` into host NumPy
+  arrays (one copy in host memory, nothing on the devices: what writing them to files needs).
+  """
+  item = {"params": abstract_params}
+  if to_host:
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+  else:
+    restore_args = ocp.checkpoint_utils.construct_restore_args(item)
   restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-      item={"params": abstract_params}, restore_args=ocp.checkpoint_utils.construct_restore_args(
-          {"params": abstract_params}), partial_restore=True)))
+      item=item, restore_args=restore_args, partial_restore=True)))
   return restored["state"]["params"]

@@ -22,7 +22,8 @@ MLC_KEYS = ("mlc_loss", "sigma1_share")
 class MetricsWriter:
   """Accumulates per-step metrics and writes their window means every `log_every` steps."""
 
-  def __init__(self, workdir: str, *, log_every: int, languages: tuple[str, ...] = ()):
+  def __init__(self, workdir: str, *, log_every: int, languages: tuple[str, ...] = (), peak_flops: float | None = None):
+    """`peak_flops`: the peak FLOP/s of all devices together; with it each record has `mfu`."""
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.log_every = max(1, log_every)
     self.languages = tuple(languages)
@@ -30,10 +31,11 @@ class MetricsWriter:
     self.last: dict = {}
     self._sums, self._counts = defaultdict(float), defaultdict(int)
     self._language_sums = defaultdict(lambda: np.zeros(len(self.languages)))
-    self._tokens, self._seconds = 0, 0.0
+    self._tokens, self._seconds, self._flops = 0, 0.0, 0.0
+    self.peak_flops = peak_flops
 
-  def add(self, step: int, metrics: dict, *, tokens: int, seconds: float) -> dict | None:
-    """Adds one step; returns the written record on logging steps, else None."""
+  def add(self, step: int, metrics: dict, *, tokens: int, seconds: float, flops: float = 0.0) -> dict | None:
+    """Adds one step (its analytic model FLOPs `flops`); returns the written record on logging steps, else None."""
     applied = metrics.get("mlc_applied", 0.0) > 0
     for key, value in metrics.items():
       if key == "mlc_applied" or (key in MLC_KEYS and not applied):
@@ -45,11 +47,15 @@ class MetricsWriter:
       self._counts[key] += 1
     self._tokens += tokens
     self._seconds += seconds
+    self._flops += flops
     if step % self.log_every:
       return None
+    seconds = max(self._seconds, 1e-9)
     record = {"step": step, **{k: self._sums[k] / self._counts[k] for k in sorted(self._sums)},
-              "tokens_per_s": self._tokens / max(self._seconds, 1e-9),
-              "step_time_s": self._seconds / self._counts["loss"], **self._per_language()}
+              "tokens_per_s": self._tokens / seconds, "step_time_s": self._seconds / self._counts["loss"],
+              "model_tflops_per_s": self._flops / seconds / 1e12, **self._per_language()}
+    if self.peak_flops:
+      record["mfu"] = self._flops / seconds / self.peak_flops
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
     for key, value in record.items():
@@ -57,7 +63,7 @@ class MetricsWriter:
         self.tb.add_scalar(f"train/{key}", value, step)
     self.tb.flush()
     self._sums.clear(), self._counts.clear(), self._language_sums.clear()
-    self._tokens, self._seconds = 0, 0.0
+    self._tokens, self._seconds, self._flops = 0, 0.0, 0.0
     self.last = record
     return record
 

@@ -34,6 +34,19 @@ def split_micro_batches(batch: dict[str, np.ndarray], grad_accum: int) -> dict[s
   return {k: v.reshape(grad_accum, v.shape[0] // grad_accum, *v.shape[1:]) for k, v in batch.items()}
 
 
+def device_batch(host_batch: dict[str, np.ndarray], mesh: Mesh, *, grad_accum: int = 1,
+                 reference: dict[str, np.ndarray] | None = None) -> dict[str, jax.Array]:
+  """An input-pipeline batch as the train step's `[grad_accum, micro, …]` global arrays.
+
+  `index` (the examples' dataset positions) is dropped; with `reference` (`{key: [N, …]}` precomputed for the whole
+  dataset) each example's values are added as `ref_<key>`.
+  """
+  batch = {k: v for k, v in host_batch.items() if k != "index"}
+  if reference is not None:
+    batch.update({f"ref_{k}": v[host_batch["index"]] for k, v in reference.items()})
+  return to_device(split_micro_batches(batch, grad_accum), batch_sharding(mesh, accumulated=True))
+
+
 def per_language_sums(values: dict[str, jax.Array], pair_language, num_languages: int) -> dict[str, jax.Array]:
   """Per-language sums `[num_languages]` of per-example values `[B]`, and the example counts.
 

@@ -18,15 +18,16 @@ import numpy as np
 from tqdm import tqdm
 
 from mlc_jax.config import ConfigError, RunConfig, run_altering_differences, to_json, validate
-from mlc_jax.data import batching, pipeline
+from mlc_jax.data import pipeline, tokenized
 from mlc_jax.data.languages import resolve_languages
 from mlc_jax.data.tokenizer import load_tokenizer
+from mlc_jax.parallel import devices
 from mlc_jax.parallel.mesh import make_mesh
 from mlc_jax.train import checkpointing
 from mlc_jax.train.metrics import MetricsWriter
 from mlc_jax.train.reference import precompute
 from mlc_jax.train.state import TrainState, abstract_train_state, init_train_state, initial_model_params
-from mlc_jax.train.step import batch_sharding, make_reference_fn, make_train_step, split_micro_batches, to_device
+from mlc_jax.train.step import device_batch, make_reference_fn, make_train_step
 
 # Called after every completed step with (step, state); the tests install one to inject faults.
 StepHook = Callable[[int, TrainState], None]
@@ -47,7 +48,7 @@ class Prepared:
   run: RunConfig
   model_cfg: object
   mesh_shape: tuple[int, ...]
-  data: object  # the objective's tokenized dataset (`batching.TokenizedData`, `MpoTokenizedData`, …)
+  data: object  # the objective's tokenized dataset (`tokenized.TokenizedData`, `MpoTokenizedData`, …)
   tokenizer: object
   total_steps: int
 
@@ -87,18 +88,18 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *, allow_config_cha
 def train(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False,
         on_step: StepHook | None = None) -> dict:
   """Trains to `total_steps` (resuming if WORKDIR has checkpoints); returns the last logged metrics."""
-  prep = prepare(config, workdir, allow_config_change=allow_config_change)
-  run, objective = prep.run, prep.run.objective
+  prepared = prepare(config, workdir, allow_config_change=allow_config_change)
+  run, objective = prepared.run, prepared.run.objective
   mlc = run.mlc if run.mlc.enabled else None
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(to_json(config))
 
-  mesh = make_mesh(prep.mesh_shape)
+  mesh = make_mesh(prepared.mesh_shape)
   print(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} device(s); "
-        f"model {prep.model_cfg.num_params() / 1e6:.2f}M parameters; {prep.total_steps} steps")
-  spec = abstract_train_state(run, prep.model_cfg, mesh, prep.total_steps)
-  iterator = pipeline.batch_iterator(prep.data, run.train.batch_size, seed=run.train.seed,
+        f"model {prepared.model_cfg.num_params() / 1e6:.2f}M parameters; {prepared.total_steps} steps")
+  spec = abstract_train_state(run, prepared.model_cfg, mesh, prepared.total_steps)
+  iterator = pipeline.batch_iterator(prepared.data, run.train.batch_size, seed=run.train.seed,
                                      process_index=jax.process_index(), process_count=jax.process_count(),
                                      pair_buckets=run.data.pair_buckets, prompt_buckets=run.data.prompt_buckets)
   ckpt = checkpointing.manager(workdir, keep=run.checkpoint.keep, every=run.checkpoint.every,
@@ -106,10 +107,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, allow_config_chang
   reference = None
   if run.reference == "precomputed" and objective.reference_keys:  # from the initial weights, before any resume
     reference = precompute(make_reference_fn(spec, objective, mesh), lambda: initial_model_params(spec, run),
-                           prep.data, input_keys=objective.reference_inputs, output_keys=objective.reference_keys,
+                           prepared.data, input_keys=objective.reference_inputs, output_keys=objective.reference_keys,
                            batch_size=run.micro_batch_size, mesh=mesh, name=objective.reference_cache_name,
                            cache_dir=os.path.join(workdir, "reference"),
-                           model_identity=_model_identity(run, prep.model_cfg))
+                           model_identity=_model_identity(run, prepared.model_cfg))
   if ckpt.latest_step() is not None:  # restored straight into the sharded layout; no initial state is built
     state, data_state = checkpointing.restore(ckpt, ckpt.latest_step(), spec.abstract)
     iterator.set_state(data_state)
@@ -117,21 +118,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, allow_config_chang
   else:
     state = init_train_state(spec, run)
 
-  train_step = make_train_step(spec, objective, mlc, mesh=mesh, num_languages=len(prep.data.languages))
-  sharding = batch_sharding(mesh, accumulated=True)
+  train_step = make_train_step(spec, objective, mlc, mesh=mesh, num_languages=len(prepared.data.languages))
   preempted = []
   previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
-  writer = MetricsWriter(workdir, log_every=run.train.log_every, languages=prep.data.languages)
+  peak = run.train.peak_flops or devices.peak_flops(jax.devices()[0].device_kind)
+  writer = MetricsWriter(workdir, log_every=run.train.log_every, languages=prepared.data.languages,
+                         peak_flops=peak * jax.device_count() if peak else None)
   step = int(state.step)
   try:
-    with tqdm(total=prep.total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True) as bar:
-      while step < prep.total_steps:
+    with tqdm(total=prepared.total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True) as bar:
+      while step < prepared.total_steps:
         host_batch = next(iterator)
-        tokens = batching.total_tokens(host_batch)
-        index = host_batch.pop("index")
-        if reference is not None:
-          host_batch.update({f"ref_{k}": v[index] for k, v in reference.items()})
-        batch = to_device(split_micro_batches(host_batch, run.train.grad_accum), sharding)
+        tokens = tokenized.total_tokens(host_batch)
+        step_flops = _step_flops(run, prepared.model_cfg, host_batch, step)
+        batch = device_batch(host_batch, mesh, grad_accum=run.train.grad_accum, reference=reference)
         start = time.perf_counter()
         state, metrics = train_step(state, batch)
         metrics = jax.device_get(metrics)
@@ -141,11 +141,11 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, allow_config_chang
           parts = ", ".join(f"{k} {v}" for k, v in metrics.items() if k.endswith("_loss"))
           raise NonFiniteLoss(f"step {step}: the loss is {metrics['loss']} ({parts}); stopping without saving "
                               f"this state. The last good checkpoint is step {ckpt.latest_step()}")
-        logged = writer.add(step, metrics, tokens=tokens, seconds=elapsed)
+        logged = writer.add(step, metrics, tokens=tokens, seconds=elapsed, flops=step_flops)
         if logged:
           bar.set_postfix({k: f"{logged[k]:.4g}" for k in ("loss", "reward_acc", "tokens_per_s") if k in logged})
         bar.update(1)
-        checkpointing.save(ckpt, step, state, iterator.get_state(), force=step == prep.total_steps)
+        checkpointing.save(ckpt, step, state, iterator.get_state(), force=step == prepared.total_steps)
         if on_step is not None:
           on_step(step, state)
         if preempted:
@@ -162,6 +162,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, allow_config_chang
   print(f"done: {step} steps; checkpoints in {os.path.join(workdir, 'checkpoints')}, metrics in "
         f"{os.path.join(workdir, 'metrics.jsonl')}")
   return writer.last
+
+
+def _step_flops(run: RunConfig, model_cfg, host_batch: dict, step: int) -> float:
+  """Analytic model FLOPs of the step that starts at `step` on `host_batch` (the objective's, plus MLC's)."""
+  shapes = {k: v.shape for k, v in host_batch.items()}
+  total = run.objective.step_flops(model_cfg, shapes, frozen_reference=run.reference == "frozen_copy")
+  if run.mlc.enabled and step % run.mlc.aux_every == 0:
+    total += run.mlc.step_flops(model_cfg, shapes)
+  return total
 
 
 def _model_identity(run: RunConfig, model_cfg) -> dict:

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from mlc_jax.data.batching import BATCH_KEYS, SequenceLimits, tokenize_examples, total_tokens
+from mlc_jax.data.tokenized import BATCH_KEYS, SequenceLimits, tokenize_examples, total_tokens
 from mlc_jax.data.pipeline import batch_iterator, check_buckets
 from mlc_jax.data.preferences import read_builtin
 from mlc_jax.data.tokenizer import byte_tokenizer

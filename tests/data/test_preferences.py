@@ -7,7 +7,7 @@ import pytest
 
 from paths import SHARED_DATA
 from mlc_jax.data import tokenizer as tk
-from mlc_jax.data.batching import (
+from mlc_jax.data.tokenized import (
     BATCH_KEYS,
     SequenceLimits,
     tokenize_examples,

@@ -69,8 +69,9 @@ def gemma3_config(tied=True):
 
 
 CONFIGS = {"llama": llama_config, "llama3_rope": functools.partial(llama_config, rope_scaling=True),
-           "llama_mha": functools.partial(llama_config, kv_heads=6, rope_scaling=True), "qwen2": qwen2_config, "qwen2_sliding": functools.partial(qwen2_config, sliding=True),
-           "qwen3": qwen3_config, "gemma2": gemma2_config, "gemma3_text": gemma3_config}
+           "llama_mha": functools.partial(llama_config, kv_heads=6, rope_scaling=True), "qwen2": qwen2_config,
+           "qwen2_sliding": functools.partial(qwen2_config, sliding=True), "qwen3": qwen3_config,
+           "gemma2": gemma2_config, "gemma3_text": gemma3_config}
 
 
 def random_model(config):

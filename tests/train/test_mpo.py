@@ -6,19 +6,20 @@ import jax
 import numpy as np
 import pytest
 from paths import ROOT, SHARED_DATA
-from train_helpers import compiled_step, device_batch, numpy_logps, setup, small_config
+from train_helpers import compiled_step, numpy_logps, setup, small_config
 
 from mlc_jax.config import ConfigError, load_config_file
-from mlc_jax.data import batching, pipeline
+from mlc_jax.data import pipeline, tokenized
 from mlc_jax.data.preferences import MpoExample, PreferenceExample, load_mpo_pairs, read_builtin
 from mlc_jax.data.tokenizer import byte_tokenizer
 from mlc_jax.parallel.mesh import make_mesh
 from mlc_jax.train import trainer
 from mlc_jax.train.metrics import MetricsWriter
+from mlc_jax.train.step import device_batch
 
 needs_mpo_data = pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED_DATA, "mpo")),
                                     reason="../shared/data/mpo is not here")
-LIMITS = batching.SequenceLimits(max_prompt_len=24, max_response_len=24, mlc_prompt_len=8)
+LIMITS = tokenized.SequenceLimits(max_prompt_len=24, max_response_len=24, mlc_prompt_len=8)
 
 
 def builtin_mpo_examples(targets=("zh", "sw", "bn")):
@@ -34,17 +35,17 @@ def builtin_mpo_examples(targets=("zh", "sw", "bn")):
 def test_tokenize_mpo_gives_each_side_the_tokens_of_its_own_pair():
   examples = builtin_mpo_examples()
   tok = byte_tokenizer()
-  data = batching.tokenize_mpo(examples, tok, LIMITS)
-  target = batching.tokenize_examples([e.target for e in examples if e.target.pair_language == "zh"], tok, LIMITS)
-  dominant = batching.tokenize_examples([e.dominant for e in examples], tok, LIMITS)
+  data = tokenized.tokenize_mpo(examples, tok, LIMITS)
+  target = tokenized.tokenize_examples([e.target for e in examples if e.target.pair_language == "zh"], tok, LIMITS)
+  dominant = tokenized.tokenize_examples([e.dominant for e in examples], tok, LIMITS)
   zh = data.pair_language == data.languages.index("zh")
-  for key in batching.PAIR_KEYS:
+  for key in tokenized.PAIR_KEYS:
     np.testing.assert_array_equal(getattr(data, key)[zh], getattr(target, key))
     np.testing.assert_array_equal(getattr(data, f"dominant_{key}"), getattr(dominant, key))
   assert data.languages == ("zh", "sw", "bn") and data.dominant_languages == ("en",)
   assert [data.languages[i] for i in data.pair_language] == [e.target.pair_language for e in examples]
   batch = next(pipeline.batch_iterator(data, 4, seed=0))
-  assert set(batch) == set(batching.MPO_BATCH_KEYS)
+  assert set(batch) == set(tokenized.MPO_BATCH_KEYS)
 
 
 @needs_mpo_data
@@ -76,7 +77,7 @@ def numpy_pool(hidden, mask, include_padding):
 def test_mpo_step_loss_equals_l1_plus_l2_from_numpy(pool_padding):
   """With the policy moved off the frozen reference, the step's L1, L2 and per-language sums equal NumPy's."""
   config = mpo_config(f"objective.mpo.pool_padding={pool_padding}", "objective.mpo.retention_weight=0.7")
-  data = batching.tokenize_mpo(builtin_mpo_examples(), byte_tokenizer(), LIMITS)
+  data = tokenized.tokenize_mpo(builtin_mpo_examples(), byte_tokenizer(), LIMITS)
   mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
   run, spec, state = setup(config, mesh, total_steps=2)
   noise = jax.random.split(jax.random.key(1), len(jax.tree.leaves(state.params)))

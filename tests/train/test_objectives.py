@@ -1,15 +1,20 @@
 """Every base objective, with and without MLC, inside the sharded train step."""
+import dataclasses
+import json
+
 import jax
 import numpy as np
 import pytest
-from train_helpers import compiled_step, device_batch, numpy_logps, setup, small_config, tokenized_builtin, \
-    train_in_process
+from train_helpers import compiled_step, numpy_logps, setup, small_config, tokenized_builtin, train_in_process
 
+from mlc_jax.config import ConfigError, RunConfig, base_config, field
+from mlc_jax.config.fields import positive
 from mlc_jax.data import pipeline
 from mlc_jax.data.datasets import PREFERENCE_PAIRS
-from mlc_jax.objectives import OBJECTIVES
+from mlc_jax.objectives import OBJECTIVES, LossTerms, Objective, register
 from mlc_jax.parallel.mesh import make_mesh
 from mlc_jax.train import trainer
+from mlc_jax.train.step import device_batch
 
 PAIR_BASES = [name for name, cls in OBJECTIVES.items() if cls.data_kind is PREFERENCE_PAIRS]  # MPO: test_mpo.py
 HYPER = {"ipo": ["objective.ipo.beta=0.5"]}
@@ -70,3 +75,40 @@ def test_reference_free_bases_compute_no_reference(tmp_path, base):
   assert not (tmp_path / "reference").exists()
   run, _, state = setup(small_config(f"objective.name={base}"), make_mesh((1, 1, 1), devices=jax.devices()[:1]))
   assert state.ref_params is None and not run.objective.reference_keys
+
+
+@dataclasses.dataclass(frozen=True)
+class MarginObjective(Objective):
+  """A toy objective defined here: hinge on the per-token average log-prob gap, `relu(margin − (avg_c − avg_r))`."""
+
+  name = "toy_margin"
+  data_kind = PREFERENCE_PAIRS
+  margin: float = field(1.0, "the target gap between chosen and rejected average log-probs", positive())
+
+  def loss(self, outputs, reference):
+    gap = outputs["chosen_mean"] - outputs["rejected_mean"]
+    return LossTerms(jax.nn.relu(self.margin - gap), (outputs["chosen_mean"], outputs["rejected_mean"]))
+
+
+@pytest.fixture
+def toy_objective():
+  register(MarginObjective)
+  yield MarginObjective
+  del OBJECTIVES[MarginObjective.name]
+
+
+def test_an_objective_defined_outside_the_package_trains(toy_objective, tmp_path):
+  """Registered from this file, it gets its config section, its checks and the whole training loop."""
+  assert base_config().objective.toy_margin.margin == 1.0
+  with pytest.raises(ConfigError, match=r"objective.toy_margin.margin=-2.0 must be > 0"):
+    RunConfig.parse(small_config("objective.name=toy_margin", "objective.toy_margin.margin=-2.0"))
+  config = small_config("objective.name=toy_margin", "objective.toy_margin.margin=3.0", "train.steps=4",
+                        "optim.lr=1e-2", "optim.warmup_ratio=0.0", "mlc.aux_every=1", "mesh.shape=(1,-1,1)",
+                        "train.log_every=1")
+  trainer.train(config, str(tmp_path))
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in records] == [1, 2, 3, 4] and not (tmp_path / "reference").exists()
+  # the loss the loop logs is the toy's own, plus λ·MLC: relu(3 − gap) with gap = reward_margin at the start
+  first = records[0]
+  np.testing.assert_allclose(first["toy_margin_loss"], max(0.0, 3.0 - first["reward_margin"]), rtol=1e-5)
+  np.testing.assert_allclose(first["loss"], first["toy_margin_loss"] + 0.8 * first["mlc_loss"], rtol=1e-5)

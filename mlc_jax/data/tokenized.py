@@ -16,6 +16,7 @@ import numpy as np
 from transformers import PreTrainedTokenizerBase
 
 from mlc_jax.data.preferences import MpoExample, PreferenceExample
+from mlc_jax.data.tokenizer import chat_prompts
 
 PAIR_KEYS = ("chosen_ids", "chosen_mask", "chosen_loss_mask", "rejected_ids", "rejected_mask", "rejected_loss_mask")
 DOMINANT_PAIR_KEYS = tuple(f"dominant_{k}" for k in PAIR_KEYS)
@@ -125,13 +126,7 @@ class MpoTokenizedData(PairArrays):
 
 def _render_prompts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
   """Token ids of each text as a single user turn, chat-rendered up to and including the assistant header."""
-  rendered = [
-      tokenizer.apply_chat_template(
-          [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=False
-      )
-      for text in texts
-  ]
-  return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+  return tokenizer(chat_prompts(tokenizer, texts), add_special_tokens=False)["input_ids"]
 
 
 def _right_pad(rows: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
