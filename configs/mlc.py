@@ -31,7 +31,7 @@ The paper's runs, one command each (add --config.model.hf_path=/ckpt/<checkpoint
     reported: MLC improves multilingual safety over each base; the per-base numbers are in the paper's
     tables, not in our notes. ipo and hinge are ours (not in the paper), for comparison.
 Batch: the paper's 1 pair × grad-accum 4 is one optimizer step on 4 pairs; here train.batch_size=4 with
-train.grad_accum=1, the same update (tests/test_train.py checks accumulation equals one big batch), split over
+train.grad_accum=1, the same update (tests/train/test_step.py checks accumulation equals one big batch), split over
 up to 4 data shards. On 8 chips use --config.train.batch_size=8 or --config.mesh.shape='(1,4,2)'.
 
 Shape it is meant for: a 7-9B model, full fine-tuning with fp32 AdamW (≈ 16 bytes a parameter, 115-150 GB
