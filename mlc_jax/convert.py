@@ -44,9 +44,9 @@ def _tokenizer_of(path: str):
 def convert(from_hf: str, to_hf: str, *, dtype=jnp.float32, overwrite=False, check_tokens=16) -> float | None:
   """Converts and returns the max |Δlogit| between input and output (None when not checked)."""
   from mlc_jax.models import load_hf, save_hf
+  from mlc_jax.models.hf_io import check_output_dir
 
-  if os.path.abspath(from_hf) == os.path.abspath(to_hf):
-    raise ValueError("--from_hf and --to_hf are the same directory; write to a new one")
+  check_output_dir(to_hf, overwrite=overwrite, sources={"input model": from_hf}, flag="--to_hf")
   start = time.time()
   model = load_hf(from_hf, dtype=dtype)
   print(f"loaded {from_hf}: {model.cfg.family}, {model.cfg.num_params() / 1e6:.1f}M parameters "

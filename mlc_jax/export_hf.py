@@ -82,7 +82,13 @@ def restore_params(workdir: str, step: int | None = None, *, mesh=None, to_host:
 def export(workdir: str, out: str, *, step: int | None = None, dtype=None, overwrite: bool = False) -> str:
   from mlc_jax.data.tokenizer import load_tokenizer
   from mlc_jax.models import save_hf
+  from mlc_jax.models.hf_io import check_output_dir
 
+  run = load_run_config(workdir)
+  sources = {"training workdir": workdir, **({"starting model": run.model.hf_path} if run.model.hf_path else {})}
+  protected = {what: os.path.join(workdir, name) for what, name in (("checkpoints", "checkpoints"), (
+      "reference cache", "reference"), ("TensorBoard logs", "tensorboard"))}
+  check_output_dir(out, overwrite=overwrite, sources=sources, protected=protected)
   run, model, extractor, step = restore_params(workdir, step, to_host=True)
   tokenizer = load_tokenizer(run.tokenizer or run.model.hf_path or None)
   save_hf(model, out, tokenizer=tokenizer, dtype=dtype, overwrite=overwrite)

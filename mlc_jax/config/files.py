@@ -16,7 +16,7 @@ import ml_collections
 from mlc_jax.config.fields import ConfigError
 
 # Keys a resumed run may change without altering what it computes.
-RESUMABLE_CHANGES = ("train.log_every", "train.peak_flops", "checkpoint.every", "checkpoint.keep",
+RESUMABLE_CHANGES = ("train.log_every", "train.peak_flops", "train.step_timeout_s", "checkpoint.every", "checkpoint.keep",
                      "checkpoint.async_save", "eval.dataset", "eval.langs")
 
 

@@ -42,8 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
   """Every key of a run with its default (the MLC paper's DPO+MLC setting where it has one).
 
   `objective.name` selects the objective; each registered objective has its own section `objective.<name>`.
+  The ConfigDict does not lock value types (a language list may replace a set name, as `data.langs` allows):
+  `RunConfig.parse` checks every value against its field's type with a message that names the key.
   """
-  c = ml_collections.ConfigDict(TopLevel.defaults())
+  c = ml_collections.ConfigDict(TopLevel.defaults(), type_safe=False)
   for name, section in SECTIONS.items():
     c[name] = section.defaults()
   c.objective = {"name": DEFAULT_OBJECTIVE, **{name: cls.defaults() for name, cls in OBJECTIVES.items()}}

@@ -116,6 +116,8 @@ class TrainSection(Section):
   log_every: int = field(1, "steps per metrics.jsonl record", positive())
   peak_flops: float = field(0.0, "peak FLOP/s of one device for MFU; 0 = the device kind's bf16 peak when known "
                             "(TPU, recent NVIDIA), else no MFU", non_negative())
+  step_timeout_s: float = field(1800.0, "a step (compilation included) running longer ends the run with exit code "
+                                "124 and a message naming it; 0 = no limit", non_negative())
 
   def check(self, key):
     if self.steps == 0 and self.epochs == 0:

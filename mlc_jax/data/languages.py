@@ -4,9 +4,14 @@ Codes are the ones the data files use (XSafety writes Spanish as ``sp``, not ``e
 """
 from __future__ import annotations
 
+import ast
+import re
 from collections.abc import Sequence
 
 from mlc_jax.data.builtin_data import load_builtin_prefs
+
+# What a single language code looks like (ISO 639-1/3, optionally with a region or script: 'en', 'zh-Hant').
+LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(-[A-Za-z0-9]{2,8})?")
 
 LANGUAGE_SETS: dict[str, tuple[str, ...]] = {
     # MLC's training languages (§2.1), in the paper's order.
@@ -30,7 +35,8 @@ def resolve_languages(
 ) -> tuple[str, ...]:
   """Language codes from a set name (``"mlc10"``), a comma-separated string (``"en,zh,sw"``) or a list.
 
-  A string without a comma must be a set name; give a single language as a list (``["en"]``).
+  A string without a comma is a set name, or else a single language code (``"en"``); a string that is a Python
+  list literal (``"['en', 'zh']"``, as written on a command line) is read as the list.
 
   Args:
     spec: the set name, comma-separated codes, or a list / tuple of codes.
@@ -44,15 +50,22 @@ def resolve_languages(
     ValueError: unknown set name (lists the known sets), an empty or non-string code, duplicates, or a
       language not in ``available`` (lists what is available).
   """
+  if isinstance(spec, str) and spec.strip().startswith(("[", "(")):
+    try:  # a list written on the command line: --config.data.langs="['en']"
+      spec = ast.literal_eval(spec.strip())
+    except (ValueError, SyntaxError):
+      raise ValueError(f"{key}: {spec!r} is not a list of language codes") from None
   if isinstance(spec, str):
     if "," in spec:
-      langs = tuple(code.strip() for code in spec.split(","))
+      langs = tuple(code.strip() for code in spec.split(",") if code.strip())
     elif spec.strip() in LANGUAGE_SETS:
       langs = LANGUAGE_SETS[spec.strip()]
+    elif LANGUAGE_CODE.fullmatch(spec.strip()):
+      langs = (spec.strip(),)
     else:
       raise ValueError(
           f"{key}: unknown language set {spec!r}; known sets: {sorted(LANGUAGE_SETS)}. "
-          "For explicit languages give comma-separated codes ('en,zh,sw') or a list (['en'])."
+          "For explicit languages give a code ('en'), comma-separated codes ('en,zh,sw') or a list (['en'])."
       )
   elif isinstance(spec, Sequence):
     langs = tuple(spec)

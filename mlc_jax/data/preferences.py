@@ -24,6 +24,7 @@ from typing import Any
 
 from mlc_jax.data.builtin_data import load_builtin_prefs
 from mlc_jax.data.languages import LANGUAGE_SETS, resolve_languages
+from mlc_jax.data.text_files import read_text, where
 
 SOURCES = ("builtin", "mlc_jsonl", "tfds")
 PAIR_LANGUAGE = "en"
@@ -103,18 +104,17 @@ def _row_languages(row: dict) -> list[str]:
 
 def _iter_jsonl(path: str):
   """Yields ``(line_number, row)`` for every non-blank line (1-based numbers), rows parsed as JSON objects."""
-  with open(path, encoding="utf-8-sig") as f:
-    for lineno, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f"{path}, line {lineno}"
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-      if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-      yield lineno, row
+  for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+    if not line.strip():
+      continue
+    place = where(path, lineno)
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{place}: invalid JSON ({e.msg} at column {e.colno})") from None
+    if not isinstance(row, dict):
+      raise ValueError(f"{place}: expected a JSON object, got {type(row).__name__}")
+    yield lineno, row
 
 
 def mlc_jsonl_languages(path: str) -> tuple[str, ...]:

@@ -25,7 +25,13 @@ def _singular_values(z: jax.Array, eps: float) -> jax.Array:
   positive = sq > 0
   # Double where: sqrt'(0) is inf, and inf * 0 = NaN would leak through a single where.
   norm = jnp.where(positive, jnp.sqrt(jnp.where(positive, sq, 1.0)), 0.0)
-  return jnp.linalg.svd(z / (norm + eps), compute_uv=False)
+  z_hat = z / (norm + eps)
+  if jax.default_backend() == "cpu":
+    # One matrix per LAPACK call. A batched call splits its batch into tasks on XLA:CPU's intra-op thread pool and
+    # waits for them; with several (simulated) devices each already holding a pool thread in its own batched SVD,
+    # those tasks never run (DESIGN.md §7). An unbatched call runs on the calling thread.
+    return jax.lax.map(lambda m: jnp.linalg.svd(m, compute_uv=False), z_hat)
+  return jnp.linalg.svd(z_hat, compute_uv=False)
 
 
 def consistency_loss(z: jax.Array, *, tau: float = 0.2, normalize: str = "sigma1", eps: float = 1e-12) -> jax.Array:

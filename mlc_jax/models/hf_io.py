@@ -26,6 +26,7 @@ from mlc_jax.parallel import sharding as sharding_lib
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
+EXPORT_MARKER = "mlc_jax_export.json"  # written into every directory save_hf writes
 MAX_SHARD_SIZE = 5 * 1024**3
 MIN_DEFAULT_SHARD_SIZE = 256 * 1024**2
 
@@ -66,9 +67,33 @@ def _weight_map(path: str) -> dict[str, str]:
     return {name: os.path.join(path, fn) for name, fn in weight_map.items()}
   single = os.path.join(path, SAFE_WEIGHTS)
   if os.path.isfile(single):
-    with safe_open(single, "np") as f:
+    with _open_safetensors(single) as f:
       return {name: single for name in f.keys()}
   raise FileNotFoundError(f"{path!r} has neither {SAFE_WEIGHTS} nor {SAFE_INDEX} (only safetensors are read)")
+
+
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")  # safetensors' names of the dtypes a float model is stored in
+
+
+def _open_safetensors(file: str):
+  """`safe_open(file)`; a truncated or corrupt file is a `CheckpointError` naming it."""
+  try:
+    return safe_open(file, "np")
+  except Exception as e:  # noqa: BLE001  (safetensors raises its own SafetensorError)
+    raise CheckpointError(f"{file} is not a readable safetensors file ({e}); it may be truncated: "
+                          "copy or download it again") from None
+
+
+def check_weights(path: str) -> int:
+  """Opens every safetensors file of the HF directory `path` (headers only); returns the number of tensors.
+
+  Errors name the file: a missing shard, a truncated or corrupt file.
+  """
+  weight_map = _weight_map(path)
+  for file in sorted(set(weight_map.values())):
+    with _open_safetensors(file):
+      pass
+  return len(weight_map)
 
 
 class _TensorReader:
@@ -82,13 +107,20 @@ class _TensorReader:
       raise CheckpointError(f"tensor {name!r} is missing from the checkpoint")
     file = self.weight_map[name]
     if file not in self._handles:
-      self._handles[file] = self._stack.enter_context(safe_open(file, "np"))
+      self._handles[file] = self._stack.enter_context(_open_safetensors(file))
     handle = self._handles[file]
-    shape = tuple(handle.get_slice(name).get_shape())
+    piece = handle.get_slice(name)
+    shape, dtype = tuple(piece.get_shape()), piece.get_dtype()
     if shape != tuple(expected_shape):
       raise CheckpointError(f"tensor {name!r} in {os.path.basename(file)} has shape {shape}; "
                             f"the config implies {tuple(expected_shape)}")
-    return handle.get_tensor(name)
+    if dtype not in FLOAT_DTYPES:
+      raise CheckpointError(f"tensor {name!r} in {os.path.basename(file)} is {dtype}, not a float: quantised or "
+                            "integer weights are not supported (convert from a float checkpoint)")
+    try:
+      return handle.get_tensor(name)
+    except Exception as e:  # noqa: BLE001
+      raise CheckpointError(f"tensor {name!r} cannot be read from {file} ({e}); the file may be truncated") from None
 
 
 def _flat_params(state: nnx.State) -> dict[str, nnx.Variable]:
@@ -161,6 +193,37 @@ def _piece_reader(reader: _TensorReader, rule: ParamRule, shape: tuple[int, ...]
   return piece
 
 
+def check_output_dir(out_dir: str, *, overwrite: bool, sources: dict[str, str] | None = None,
+                     protected: dict[str, str] | None = None, flag: str = "--out") -> None:
+  """Refuses an output directory that would lose data, naming the paths involved (`FileExistsError`/`ValueError`).
+
+  `sources` (`{what: path}`: an input model, a training workdir) may be neither `out_dir`, nor inside it, nor contain
+  it, except that a new sub-folder of a training workdir is fine when it is not inside one of the `protected`
+  folders (`{what: path}`: the workdir's checkpoints and caches). An existing non-empty `out_dir` is replaced only
+  with `overwrite` and only when it holds a previous export (`EXPORT_MARKER`). `flag` names the output in messages.
+  """
+  out = os.path.realpath(out_dir)
+  inside = lambda path, folder: os.path.commonpath([path, folder]) == folder
+  for what, path in (protected or {}).items():
+    if inside(out, os.path.realpath(path)):
+      raise ValueError(f"{flag} {out_dir!r} lies inside the {what} {path!r}; write the export somewhere else")
+  for what, path in (sources or {}).items():
+    src = os.path.realpath(path)
+    if out == src or inside(src, out):
+      raise ValueError(f"{flag} {out_dir!r} is or contains the {what} {path!r}; writing there would delete it")
+    if what != "training workdir" and inside(out, src):
+      raise ValueError(f"{flag} {out_dir!r} lies inside the {what} {path!r}; write the export somewhere else")
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise FileExistsError(f"{out_dir!r} is a file; refusing to replace it")
+  if os.path.isdir(out_dir) and os.listdir(out_dir):
+    if not overwrite:
+      raise FileExistsError(f"{out_dir!r} exists and is not empty; refusing to overwrite it (--overwrite replaces a "
+                            "previous export)")
+    if not os.path.isfile(os.path.join(out_dir, EXPORT_MARKER)):
+      raise FileExistsError(f"{out_dir!r} is not a previous export (it has no {EXPORT_MARKER}); --overwrite only "
+                            "replaces what mlc_jax wrote, never an arbitrary directory")
+
+
 def save_hf(model: Decoder, out_dir: str, tokenizer=None, *, dtype=None, overwrite: bool = False,
             max_shard_size: int | None = None) -> str:
   """Writes `model` as an HF directory that `AutoModelForCausalLM.from_pretrained` loads.
@@ -168,7 +231,8 @@ def save_hf(model: Decoder, out_dir: str, tokenizer=None, *, dtype=None, overwri
   Writes config.json, generation_config.json, safetensors shards of at most `max_shard_size` bytes (with
   model.safetensors.index.json when sharded) and the tokenizer files when a tokenizer is given. Everything is
   written to a temporary directory first and renamed into place, so a failure never leaves a half-written
-  or clobbered `out_dir`; an existing non-empty `out_dir` is refused unless `overwrite=True`.
+  or clobbered `out_dir`; an existing non-empty `out_dir` is refused unless `overwrite=True` and it holds a previous
+  export (`EXPORT_MARKER`, written beside the model): an arbitrary directory is never replaced.
 
   Shards are converted and written one at a time, so peak memory is the parameters plus one shard.
 
@@ -178,8 +242,7 @@ def save_hf(model: Decoder, out_dir: str, tokenizer=None, *, dtype=None, overwri
   """
   cfg = model.cfg
   family = family_for(cfg.family, source="ModelConfig.family")
-  if os.path.isdir(out_dir) and os.listdir(out_dir) and not overwrite:
-    raise FileExistsError(f"{out_dir!r} exists and is not empty; refusing to overwrite it (overwrite=True)")
+  check_output_dir(out_dir, overwrite=overwrite)
   params = {k: v[...] for k, v in _flat_params(nnx.state(model, nnx.Param)).items()}
   table = family.rules(cfg)
   _check_coverage(table, params, family)
@@ -224,6 +287,8 @@ def save_hf(model: Decoder, out_dir: str, tokenizer=None, *, dtype=None, overwri
     transformers.GenerationConfig.from_model_config(hf_config).save_pretrained(tmp)
     if tokenizer is not None:
       tokenizer.save_pretrained(tmp)
+    with open(os.path.join(tmp, EXPORT_MARKER), "w") as f:
+      json.dump({"written_by": "mlc_jax.models.save_hf", "family": cfg.family}, f)
     if os.path.isdir(out_dir):
       shutil.rmtree(out_dir)
     os.replace(tmp, out_dir)

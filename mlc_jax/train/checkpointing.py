@@ -1,7 +1,12 @@
 """Orbax checkpoints of the train state and the data-iterator position under WORKDIR/checkpoints."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
+import sys
+import time
 
 import jax
 import numpy as np
@@ -16,9 +21,44 @@ def manager(workdir: str, *, keep: int, every: int, async_save: bool) -> ocp.Che
                                item_names=("state", "data"))
 
 
+class CheckpointWriteError(RuntimeError):
+  """A checkpoint could not be written (e.g. the disk is full); the message says where and how much was needed."""
+
+
+def _is_disk_full(error: BaseException | None) -> bool:
+  while error is not None:
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def _write_error(mngr: ocp.CheckpointManager, state, error: Exception) -> Exception:
+  if not _is_disk_full(error):
+    return error
+  needed = sum(x.nbytes for x in jax.tree.leaves(state))
+  free = shutil.disk_usage(str(mngr.directory)).free
+  return CheckpointWriteError(
+      f"no space left on the device of {mngr.directory} while writing a checkpoint: it needs about "
+      f"{needed / 2**30:.2f} GiB and {free / 2**30:.2f} GiB are free; the newest complete checkpoint (step "
+      f"{mngr.latest_step()}) is intact. Free some space (or lower checkpoint.keep) and run the same command again")
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict, *, force: bool = False) -> bool:
-  return mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                 data=ocp.args.JsonSave(data_state)), force=force)
+  """Saves (asynchronously with `async_save`) at `step` when due or `force`d; a full disk is a clear error."""
+  try:
+    return mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                   data=ocp.args.JsonSave(data_state)), force=force)
+  except Exception as e:  # noqa: BLE001  (a failed background save of an earlier step surfaces here too)
+    raise _write_error(mngr, state, e) from e
+
+
+def wait(mngr: ocp.CheckpointManager, state) -> None:
+  """Waits for the background saves; a full disk is a clear error (`state` sizes what was needed)."""
+  try:
+    mngr.wait_until_finished()
+  except Exception as e:  # noqa: BLE001
+    raise _write_error(mngr, state, e) from e
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, abstract_state):
@@ -42,3 +82,67 @@ def restore_params(mngr: ocp.CheckpointManager, step: int, abstract_params: dict
   restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
       item=item, restore_args=restore_args, partial_restore=True)))
   return restored["state"]["params"]
+
+
+class CheckpointError(ValueError):
+  """No usable checkpoint (the message names the workdir, the steps and why each failed)."""
+
+
+def _reason(error: BaseException) -> str:
+  text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+  return f"{type(error).__name__}: {text[:240]}"
+
+
+@contextlib.contextmanager
+def _stderr_to(path: str):
+  """Sends file descriptor 2 to `path` (C++ libraries write there directly) for the duration."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with open(path, "ab") as f:
+    os.dup2(f.fileno(), 2)
+  try:
+    yield
+  finally:
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+def restore_intact(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None):
+  """(state, data_state, step) from the newest checkpoint that restores (or exactly `step`).
+
+  A checkpoint that fails to restore (a truncated or missing file, a missing item) is skipped with a line naming
+  the step and why, and the next older one is tried. The steps newer than the one restored are moved aside to
+  `checkpoints/skipped-<step>-<time>` (never deleted), so training can write those steps again.
+  """
+  steps = sorted(mngr.all_steps(), reverse=True)
+  if step is not None and step not in steps:
+    raise CheckpointError(f"--restore_step {step}: no checkpoint at that step in {mngr.directory}; "
+                          f"available: {sorted(steps)}")
+  failed = []
+  for candidate in ([step] if step is not None else steps):
+    log = os.path.join(str(mngr.directory), f"restore-{candidate}.log")
+    try:
+      # A failing restore makes Orbax/TensorStore print pages of tracebacks (also from reads still in flight):
+      # they go to a log beside the checkpoints, and the one line below says what failed.
+      with _stderr_to(log):
+        state, data_state = restore(mngr, candidate, abstract_state)
+    except Exception as e:  # noqa: BLE001  (corruption shows up as many error types: report it, try the next)
+      with _stderr_to(log):
+        time.sleep(0.5)  # let the in-flight reads finish into the log
+      failed.append((candidate, _reason(e)))
+      print(f"checkpoint: skipping step {candidate} in {mngr.directory}: {failed[-1][1]} (details: {log})")
+      continue
+    with open(log, encoding="utf-8", errors="replace") as f:
+      sys.stderr.write(f.read())  # a successful restore's warnings, if any, are not hidden
+    os.remove(log)
+    newer = [s for s in steps if s > candidate]
+    for s in newer:
+      aside = os.path.join(str(mngr.directory), f"skipped-{s}-{time.strftime('%Y%m%d-%H%M%S')}")
+      os.rename(os.path.join(str(mngr.directory), str(s)), aside)
+      print(f"checkpoint: moved step {s} aside to {aside}")
+    if newer:
+      mngr.reload()
+    return state, data_state, candidate
+  raise CheckpointError(f"no checkpoint in {mngr.directory} could be restored (does the config still describe the "
+                        "model that wrote them?): " + "; ".join(f"step {s}: {why}" for s, why in failed))

@@ -76,3 +76,9 @@ class MetricsWriter:
 
   def close(self):
     self.tb.close()
+
+  def __enter__(self) -> "MetricsWriter":
+    return self
+
+  def __exit__(self, *exc):
+    self.close()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import time
 from collections.abc import Callable
 
@@ -21,13 +20,16 @@ from mlc_jax.config import ConfigError, RunConfig, run_altering_differences, to_
 from mlc_jax.data import pipeline, tokenized
 from mlc_jax.data.languages import resolve_languages
 from mlc_jax.data.tokenizer import load_tokenizer
+from mlc_jax.models.hf_io import check_weights
 from mlc_jax.parallel import devices
 from mlc_jax.parallel.mesh import make_mesh
 from mlc_jax.train import checkpointing
+from mlc_jax.train import workdir as workdir_lib
 from mlc_jax.train.metrics import MetricsWriter
 from mlc_jax.train.reference import precompute
 from mlc_jax.train.state import TrainState, abstract_train_state, init_train_state, initial_model_params
 from mlc_jax.train.step import device_batch, make_reference_fn, make_train_step
+from mlc_jax.train.watchdog import StepWatchdog
 
 # Called after every completed step with (step, state); the tests install one to inject faults.
 StepHook = Callable[[int, TrainState], None]
@@ -63,16 +65,24 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *, allow_config_cha
   if len(tokenizer) > model_cfg.vocab_size:
     raise ConfigError(f"tokenizer: {len(tokenizer)} tokens do not fit the model's vocab_size "
                       f"{model_cfg.vocab_size} (model.preset={run.model.preset!r})")
+  if run.model.hf_path:
+    try:
+      check_weights(run.model.hf_path)
+    except (OSError, ValueError) as e:
+      raise ConfigError(f"model.hf_path: {e}") from e
   data = run.objective.data_kind.load(run.data, tokenizer)
+  if run.mlc.enabled and len(data.languages) < 2:
+    raise ConfigError(f"mlc.enabled=True needs at least 2 languages in data.langs to make consistent; got "
+                      f"{list(data.languages)} (or set mlc.enabled=False)")
   if run.train.batch_size > len(data):
     raise ConfigError(f"train.batch_size={run.train.batch_size} is larger than the {len(data)} examples")
   steps_per_epoch = len(data) // run.train.batch_size
   total = run.train.steps if run.train.steps > 0 else int(round(run.train.epochs * steps_per_epoch))
 
-  saved_config = os.path.join(workdir, "config.json")
-  if os.path.isfile(saved_config):
-    with open(saved_config) as f:
-      differences = run_altering_differences(json.load(f), json.loads(config.to_json()))
+  workdir_lib.check_usable(workdir)
+  saved = workdir_lib.read_config(workdir)
+  if saved is not None:
+    differences = run_altering_differences(saved, json.loads(config.to_json()))
     if differences and not allow_config_change:
       raise ConfigError(f"{workdir} holds a run with a different config ({', '.join(differences)}); use a new "
                         f"--workdir, or --allow_config_change to resume anyway")
@@ -86,15 +96,22 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *, allow_config_cha
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False,
-        on_step: StepHook | None = None) -> dict:
-  """Trains to `total_steps` (resuming if WORKDIR has checkpoints); returns the last logged metrics."""
+          restore_step: int | None = None, on_step: StepHook | None = None) -> dict:
+  """Trains to `total_steps`, resuming from the newest intact checkpoint in WORKDIR (or `restore_step`); returns
+  the last logged metrics.
+
+  WORKDIR is locked for the run's life. Its config.json is (re)written only once the run has started fresh or
+  restored its checkpoint, so a failed resume leaves the workdir as it was.
+  """
   prepared = prepare(config, workdir, allow_config_change=allow_config_change)
+  os.makedirs(workdir, exist_ok=True)
+  with workdir_lib.Lock(workdir):
+    return _train(prepared, config, workdir, restore_step, on_step)
+
+
+def _train(prepared: Prepared, config, workdir: str, restore_step: int | None, on_step: StepHook | None) -> dict:
   run, objective = prepared.run, prepared.run.objective
   mlc = run.mlc if run.mlc.enabled else None
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(to_json(config))
-
   mesh = make_mesh(prepared.mesh_shape)
   print(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} device(s); "
         f"model {prepared.model_cfg.num_params() / 1e6:.2f}M parameters; {prepared.total_steps} steps")
@@ -104,38 +121,44 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, allow_config_chang
                                      pair_buckets=run.data.pair_buckets, prompt_buckets=run.data.prompt_buckets)
   ckpt = checkpointing.manager(workdir, keep=run.checkpoint.keep, every=run.checkpoint.every,
                                async_save=run.checkpoint.async_save)
-  reference = None
-  if run.reference == "precomputed" and objective.reference_keys:  # from the initial weights, before any resume
-    reference = precompute(make_reference_fn(spec, objective, mesh), lambda: initial_model_params(spec, run),
-                           prepared.data, input_keys=objective.reference_inputs, output_keys=objective.reference_keys,
-                           batch_size=run.micro_batch_size, mesh=mesh, name=objective.reference_cache_name,
-                           cache_dir=os.path.join(workdir, "reference"),
-                           model_identity=_model_identity(run, prepared.model_cfg))
-  if ckpt.latest_step() is not None:  # restored straight into the sharded layout; no initial state is built
-    state, data_state = checkpointing.restore(ckpt, ckpt.latest_step(), spec.abstract)
-    iterator.set_state(data_state)
-    print(f"resumed from {workdir}/checkpoints at step {int(state.step)}")
-  else:
-    state = init_train_state(spec, run)
-
-  train_step = make_train_step(spec, objective, mlc, mesh=mesh, num_languages=len(prepared.data.languages))
-  preempted = []
-  previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.append(True))
-  peak = run.train.peak_flops or devices.peak_flops(jax.devices()[0].device_kind)
-  writer = MetricsWriter(workdir, log_every=run.train.log_every, languages=prepared.data.languages,
-                         peak_flops=peak * jax.device_count() if peak else None)
-  step = int(state.step)
   try:
-    with tqdm(total=prepared.total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True) as bar:
+    if ckpt.latest_step() is not None:  # restored straight into the sharded layout; no initial state is built
+      state, data_state, restored = checkpointing.restore_intact(ckpt, spec.abstract, restore_step)
+      iterator.set_state(data_state)
+      print(f"resumed from {workdir}/checkpoints at step {restored}")
+    elif restore_step is not None:
+      raise checkpointing.CheckpointError(f"--restore_step {restore_step}: {workdir} holds no checkpoint")
+    else:
+      state = None
+    workdir_lib.write_config(workdir, to_json(config))
+    reference = None
+    if run.reference == "precomputed" and objective.reference_keys:  # from the initial weights
+      reference = precompute(make_reference_fn(spec, objective, mesh), lambda: initial_model_params(spec, run),
+                             prepared.data, input_keys=objective.reference_inputs,
+                             output_keys=objective.reference_keys, batch_size=run.micro_batch_size, mesh=mesh,
+                             name=objective.reference_cache_name, cache_dir=os.path.join(workdir, "reference"),
+                             model_identity=_model_identity(run, prepared.model_cfg))
+    if state is None:
+      state = init_train_state(spec, run)
+    train_step = make_train_step(spec, objective, mlc, mesh=mesh, num_languages=len(prepared.data.languages))
+    peak = run.train.peak_flops or devices.peak_flops(jax.devices()[0].device_kind)
+    writer = MetricsWriter(workdir, log_every=run.train.log_every, languages=prepared.data.languages,
+                           peak_flops=peak * jax.device_count() if peak else None)
+    describe = lambda: f"mesh {dict(mesh.shape)}; the last checkpoint is step {ckpt.latest_step()} in {workdir}"
+    step = int(state.step)
+    with StepWatchdog(run.train.step_timeout_s, describe) as watchdog, writer, \
+        tqdm(total=prepared.total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True) as bar:
       while step < prepared.total_steps:
         host_batch = next(iterator)
         tokens = tokenized.total_tokens(host_batch)
         step_flops = _step_flops(run, prepared.model_cfg, host_batch, step)
         batch = device_batch(host_batch, mesh, grad_accum=run.train.grad_accum, reference=reference)
+        watchdog.started(step + 1)
         start = time.perf_counter()
         state, metrics = train_step(state, batch)
         metrics = jax.device_get(metrics)
         elapsed = time.perf_counter() - start
+        watchdog.finished()
         step += 1
         if not np.isfinite(metrics["loss"]):
           parts = ", ".join(f"{k} {v}" for k, v in metrics.items() if k.endswith("_loss"))
@@ -148,16 +171,14 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, allow_config_chang
         checkpointing.save(ckpt, step, state, iterator.get_state(), force=step == prepared.total_steps)
         if on_step is not None:
           on_step(step, state)
-        if preempted:
+        if watchdog.preempted:
           if ckpt.latest_step() != step:
             checkpointing.save(ckpt, step, state, iterator.get_state(), force=True)
-          ckpt.wait_until_finished()
+          checkpointing.wait(ckpt, state)
           raise Preempted(f"SIGTERM: saved a checkpoint at step {step} in {workdir}/checkpoints; run the same "
                           f"command again to resume")
-    ckpt.wait_until_finished()
+      checkpointing.wait(ckpt, state)
   finally:
-    signal.signal(signal.SIGTERM, previous_handler)
-    writer.close()
     ckpt.close()
   print(f"done: {step} steps; checkpoints in {os.path.join(workdir, 'checkpoints')}, metrics in "
         f"{os.path.join(workdir, 'metrics.jsonl')}")

@@ -16,12 +16,9 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
+from mlc_jax.data.text_files import read_text, where  # noqa: F401  (where: used by the builders)
+
 _WHITESPACE = re.compile(r"\s*")
-
-
-def where(path: epath.PathLike, line: int) -> str:
-  """``"<path>, line <line>"``, the prefix of every data error."""
-  return f"{path}, line {line}"
 
 
 def require_text(value: str, place: str, field: str) -> str:
@@ -29,16 +26,6 @@ def require_text(value: str, place: str, field: str) -> str:
   if not value.strip():
     raise ValueError(f"{place}: empty {field!r}")
   return value
-
-
-def read_text(path: epath.Path) -> str:
-  """The UTF-8 text of ``path`` without a byte-order mark; invalid UTF-8 is an error naming the line."""
-  data = path.read_bytes()
-  try:
-    return data.decode("utf-8-sig")
-  except UnicodeDecodeError as e:
-    line = data.count(b"\n", 0, e.start) + 1
-    raise ValueError(f"{where(path, line)}: not UTF-8 ({e.reason})") from None
 
 
 def read_csv(path: epath.Path) -> Iterator[tuple[int, list[str]]]:
