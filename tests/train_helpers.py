@@ -1,4 +1,10 @@
-"""Shared by the training tests: a small demo config and an in-process training loop."""
+"""Shared by the training tests: a small demo config, an in-process training loop, and the CLIs in subprocesses."""
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+
 import jax
 import numpy as np
 from paths import ROOT
@@ -63,3 +69,36 @@ def numpy_logps(logits, ids, loss_mask):
   mask = loss_mask[:, 1:].astype(bool)
   summed = (token * mask).sum(-1)
   return summed, summed / mask.sum(-1)
+
+
+# Subprocess runs see 2 CPU devices (mesh (1,2,1)) and share a compilation cache: same programs, less waiting.
+SUBPROCESS_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+                  "JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(), "mlc_jax_test_jax_cache")}
+
+
+def run_cli(*args, timeout=300, env=None) -> subprocess.CompletedProcess:
+  """`python ARGS…` (e.g. `-m mlc_jax.export_hf …`) with the subprocess environment; never hangs past `timeout`."""
+  return subprocess.run([sys.executable, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                        env={**os.environ, **SUBPROCESS_ENV, **(env or {})})
+
+
+def run_train(workdir, *overrides, kill_after=None, args=(), timeout=300) -> subprocess.CompletedProcess:
+  """The training CLI on the small demo config (6 steps, a checkpoint every 2), SIGKILLed after step `kill_after`."""
+  launcher = ["-m", "mlc_jax.train"] if kill_after is None else [ROOT / "tests" / "faults.py", "kill_after", kill_after]
+  overrides = (*SMALL, "train.steps=6", "checkpoint.every=2", "train.log_every=1", *overrides)
+  return run_cli(*launcher, "--config", DEMO, "--workdir", workdir, *args, *[f"--config.{o}" for o in overrides],
+                 timeout=timeout)
+
+
+def tree_digest(path) -> str:
+  """A hash of every file's relative path and bytes under `path` (what must not change)."""
+  h = hashlib.sha256()
+  for root, dirs, files in os.walk(path):
+    dirs.sort()
+    for name in sorted(files):
+      full = os.path.join(root, name)
+      h.update(os.path.relpath(full, path).encode())
+      with open(full, "rb") as f:
+        h.update(f.read())
+  return h.hexdigest()
+

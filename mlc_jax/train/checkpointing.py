@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 import sys
+import tempfile
 import time
 
 import jax
@@ -33,19 +34,40 @@ def _is_disk_full(error: BaseException | None) -> bool:
   return False
 
 
-def _write_error(mngr: ocp.CheckpointManager, state, error: Exception) -> Exception:
-  if not _is_disk_full(error):
-    return error
-  needed = sum(x.nbytes for x in jax.tree.leaves(state))
+def _size(num_bytes: float) -> str:
+  return f"{num_bytes / 2**30:.2f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.1f} MiB"
+
+
+def _disk_full(mngr: ocp.CheckpointManager, needed: int) -> CheckpointWriteError:
   free = shutil.disk_usage(str(mngr.directory)).free
   return CheckpointWriteError(
       f"no space left on the device of {mngr.directory} while writing a checkpoint: it needs about "
-      f"{needed / 2**30:.2f} GiB and {free / 2**30:.2f} GiB are free; the newest complete checkpoint (step "
-      f"{mngr.latest_step()}) is intact. Free some space (or lower checkpoint.keep) and run the same command again")
+      f"{_size(needed)} and {_size(free)} are free; the newest complete checkpoint (step {mngr.latest_step()}) is "
+      "intact. Free some space (or lower checkpoint.keep) and run the same command again")
+
+
+def _write_error(mngr: ocp.CheckpointManager, state, error: Exception) -> Exception:
+  return _disk_full(mngr, _state_bytes(state)) if _is_disk_full(error) else error
+
+
+def _state_bytes(state) -> int:
+  return sum(x.nbytes for x in jax.tree.leaves(state))
+
+
+# A checkpoint takes about its arrays' bytes (compression gains little on weights) plus metadata.
+SPACE_MARGIN, SPACE_OVERHEAD = 1.1, 2**20
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict, *, force: bool = False) -> bool:
-  """Saves (asynchronously with `async_save`) at `step` when due or `force`d; a full disk is a clear error."""
+  """Saves (asynchronously with `async_save`) at `step` when due or `force`d; a full disk is a clear error.
+
+  Free space is checked first, so the usual full disk is refused before Orbax starts writing (no partial files, no
+  background tracebacks); a disk that fills during the write is reported the same way when the save fails.
+  """
+  if force or mngr.should_save(step):
+    needed = int(_state_bytes(state) * SPACE_MARGIN) + SPACE_OVERHEAD
+    if shutil.disk_usage(str(mngr.directory)).free < needed:
+      raise _disk_full(mngr, needed)
   try:
     return mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                    data=ocp.args.JsonSave(data_state)), force=force)
@@ -108,6 +130,16 @@ def _stderr_to(path: str):
     os.close(saved)
 
 
+def _drain_into(log: str, *, quiet_s: float = 1.0, max_s: float = 15.0):
+  """Keeps stderr in `log` until the failed restore's in-flight reads stop writing to it (quiet for `quiet_s`)."""
+  deadline, quiet_since, size = time.monotonic() + max_s, time.monotonic(), -1
+  with _stderr_to(log):
+    while time.monotonic() < deadline and time.monotonic() - quiet_since < quiet_s:
+      time.sleep(0.25)
+      if os.path.getsize(log) != size:
+        size, quiet_since = os.path.getsize(log), time.monotonic()
+
+
 def restore_intact(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None):
   """(state, data_state, step) from the newest checkpoint that restores (or exactly `step`).
 
@@ -121,21 +153,21 @@ def restore_intact(mngr: ocp.CheckpointManager, abstract_state, step: int | None
                           f"available: {sorted(steps)}")
   failed = []
   for candidate in ([step] if step is not None else steps):
-    log = os.path.join(str(mngr.directory), f"restore-{candidate}.log")
+    log = os.path.join(tempfile.gettempdir(), f"mlc_jax-restore-step{candidate}-{os.getpid()}.log")
     try:
       # A failing restore makes Orbax/TensorStore print pages of tracebacks (also from reads still in flight):
-      # they go to a log beside the checkpoints, and the one line below says what failed.
+      # they go to a log (outside the workdir, which stays as it was), and the one line below says what failed.
       with _stderr_to(log):
         state, data_state = restore(mngr, candidate, abstract_state)
     except Exception as e:  # noqa: BLE001  (corruption shows up as many error types: report it, try the next)
-      with _stderr_to(log):
-        time.sleep(0.5)  # let the in-flight reads finish into the log
+      _drain_into(log)
       failed.append((candidate, _reason(e)))
       print(f"checkpoint: skipping step {candidate} in {mngr.directory}: {failed[-1][1]} (details: {log})")
       continue
-    with open(log, encoding="utf-8", errors="replace") as f:
-      sys.stderr.write(f.read())  # a successful restore's warnings, if any, are not hidden
-    os.remove(log)
+    if failed:
+      _drain_into(log)
+    else:
+      os.remove(log)
     newer = [s for s in steps if s > candidate]
     for s in newer:
       aside = os.path.join(str(mngr.directory), f"skipped-{s}-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -144,7 +144,7 @@ def _train(prepared: Prepared, config, workdir: str, restore_step: int | None, o
     peak = run.train.peak_flops or devices.peak_flops(jax.devices()[0].device_kind)
     writer = MetricsWriter(workdir, log_every=run.train.log_every, languages=prepared.data.languages,
                            peak_flops=peak * jax.device_count() if peak else None)
-    describe = lambda: f"mesh {dict(mesh.shape)}; the last checkpoint is step {ckpt.latest_step()} in {workdir}"
+    describe = lambda: f"mesh {dict(mesh.shape)}; {_last_checkpoint(ckpt, workdir)}"
     step = int(state.step)
     with StepWatchdog(run.train.step_timeout_s, describe) as watchdog, writer, \
         tqdm(total=prepared.total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True) as bar:
@@ -163,7 +163,7 @@ def _train(prepared: Prepared, config, workdir: str, restore_step: int | None, o
         if not np.isfinite(metrics["loss"]):
           parts = ", ".join(f"{k} {v}" for k, v in metrics.items() if k.endswith("_loss"))
           raise NonFiniteLoss(f"step {step}: the loss is {metrics['loss']} ({parts}); stopping without saving "
-                              f"this state. The last good checkpoint is step {ckpt.latest_step()}")
+                              f"this state; {_last_checkpoint(ckpt, workdir)}")
         logged = writer.add(step, metrics, tokens=tokens, seconds=elapsed, flops=step_flops)
         if logged:
           bar.set_postfix({k: f"{logged[k]:.4g}" for k in ("loss", "reward_acc", "tokens_per_s") if k in logged})
@@ -183,6 +183,11 @@ def _train(prepared: Prepared, config, workdir: str, restore_step: int | None, o
   print(f"done: {step} steps; checkpoints in {os.path.join(workdir, 'checkpoints')}, metrics in "
         f"{os.path.join(workdir, 'metrics.jsonl')}")
   return writer.last
+
+
+def _last_checkpoint(ckpt, workdir: str) -> str:
+  latest = ckpt.latest_step()
+  return f"no checkpoint in {workdir} yet" if latest is None else f"the last checkpoint is step {latest} in {workdir}"
 
 
 def _step_flops(run: RunConfig, model_cfg, host_batch: dict, step: int) -> float:

@@ -60,7 +60,7 @@ class StepWatchdog:
     self.preempted = True
 
   def _exit(self, code: int, message: str):
-    sys.stderr.write(f"error: {message}; {self.describe()}\n")
+    sys.stderr.write(f"\nerror: {message}; {self.describe()}\n")  # after a progress bar's unfinished line
     sys.stderr.flush()
     os._exit(code)
 

@@ -4,32 +4,15 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from paths import ROOT
-from train_helpers import DEMO, SMALL
+from train_helpers import DEMO, SMALL, SUBPROCESS_ENV, run_train
 
 from mlc_jax.train import __main__ as train_cli
-
-
-# Subprocess runs see 2 CPU devices (mesh (1,2,1)) and share a compilation cache: same programs, less waiting.
-SUBPROCESS_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
-                  "JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(), "mlc_jax_test_jax_cache")}
-
-
-def run_train(workdir, *overrides, kill_after=None, timeout=300):
-  """The training CLI in a subprocess (SIGKILLed after step `kill_after` when given)."""
-  launcher = ["-m", "mlc_jax.train"] if kill_after is None else [str(ROOT / "tests" / "faults.py"), "kill_after",
-                                                                  str(kill_after)]
-  args = [sys.executable, *launcher, "--config", DEMO, "--workdir", str(workdir)]
-  args += [f"--config.{o}" for o in (*SMALL, "train.steps=6", "checkpoint.every=2", "train.log_every=1",
-                                      *overrides)]
-  return subprocess.run(args, capture_output=True, text=True, timeout=timeout, env={**os.environ, **SUBPROCESS_ENV})
 
 
 def final_params(workdir, step=6):
