@@ -7,6 +7,7 @@ import tempfile
 
 import jax
 import numpy as np
+from cpu_mesh import xla_flags
 from paths import ROOT
 
 from mlc_jax.config import RunConfig, apply_overrides, load_config_file
@@ -72,7 +73,7 @@ def numpy_logps(logits, ids, loss_mask):
 
 
 # Subprocess runs see 2 CPU devices (mesh (1,2,1)) and share a compilation cache: same programs, less waiting.
-SUBPROCESS_ENV = {"XLA_FLAGS": "--xla_force_host_platform_device_count=2", "JAX_PLATFORMS": "cpu",
+SUBPROCESS_ENV = {"XLA_FLAGS": xla_flags(2), "JAX_PLATFORMS": "cpu",
                   "JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(), "mlc_jax_test_jax_cache")}
 
 

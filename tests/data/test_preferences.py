@@ -72,16 +72,19 @@ def test_resolve_languages_forms():
   assert resolve_languages(["sw", "en"]) == ("sw", "en")
   assert resolve_languages(("en",), available=("en", "zh")) == ("en",)
   assert resolve_languages("mpo", available=LANGUAGE_SETS["mpo"] + ("xx",)) == LANGUAGE_SETS["mpo"]
+  # one language: a code, with a trailing comma, or a list written as text on a command line
+  assert resolve_languages("en") == resolve_languages("en,") == resolve_languages("['en']") == ("en",)
+  assert resolve_languages("en,,zh") == resolve_languages("('en', 'zh')") == ("en", "zh")
 
 
 @pytest.mark.parametrize(
     "spec, available, expected",
     [
         ("mlc11", None, ["my.langs", "unknown language set 'mlc11'", "mlc10", "multijail", "xsafety"]),
-        ("en", None, ["my.langs", "unknown language set"]),
+        ("english", None, ["my.langs", "unknown language set"]),
         ("en,zh,en", None, ["my.langs", "duplicate", "'en'"]),
         (["zh", "zh"], None, ["my.langs", "duplicate"]),
-        ("en,,zh", None, ["my.langs", "non-empty"]),
+        ("EN", None, ["my.langs", "unknown language set"]),
         ([], None, ["my.langs", "no languages"]),
         (["en", 3], None, ["my.langs", "non-empty strings"]),
         (5, None, ["my.langs", "int"]),

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from cpu_mesh import xla_flags
 from paths import SHARED_DATA
 from safetensors.numpy import load_file, save_file
 from train_helpers import DEMO, SMALL, SUBPROCESS_ENV, run_cli, run_train, tree_digest
@@ -289,7 +290,7 @@ def test_the_demo_shapes_train_on_simulated_meshes(tmp_path, devices):
   """DPO+MLC at the demo's shapes on 2 and 8 CPU devices: the batched LAPACK SVD used to deadlock here."""
   done = run_cli("-m", "mlc_jax.train", "--config", DEMO, "--workdir", tmp_path / "w", "--config.train.steps=2",
                  "--config.mlc.aux_every=1", "--config.train.step_timeout_s=600", timeout=600,
-                 env={"XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"})
+                 env={"XLA_FLAGS": xla_flags(devices)})
   assert done.returncode == 0, done.stderr[-3000:]
   assert f"'fsdp': {devices}" in done.stdout
 

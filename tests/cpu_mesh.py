@@ -1,0 +1,12 @@
+"""XLA flags of the tests' simulated CPU meshes (imported by conftest.py before jax, so it must not import jax).
+
+XLA:CPU aborts a collective whose devices do not all reach it within a timeout (about 40 s by default). On a loaded
+2-core machine, 8 simulated devices can take longer than that between them without being stuck: the tests raise
+the limit, and the training watchdog (`train.step_timeout_s`) still ends a step that really hangs.
+"""
+COLLECTIVE_TIMEOUTS = ("--xla_cpu_collective_call_terminate_timeout_seconds=900 "
+                       "--xla_cpu_collective_call_warn_stuck_timeout_seconds=600")
+
+
+def xla_flags(devices: int) -> str:
+  return f"--xla_force_host_platform_device_count={devices} {COLLECTIVE_TIMEOUTS}"
