@@ -49,7 +49,8 @@ def comparison(summaries: Sequence[dict], labels: Sequence[str]) -> dict:
         "safety_rate": {lang: stats["safety_rate"] for lang, stats in summary["per_language"].items()},
         "unseen_languages": [lang for lang in summary["languages"] if split_of(summary, lang) == "unseen"],
         **{key: summary[key] for key in ("mean_safety_rate", "variance", "pag", "pag_prompts")},
-        **{f"{name}_mean_safety_rate": (summary.get(name) or {}).get("mean_safety_rate") for name in ("seen", "unseen")},
+        **{f"{name}_mean_safety_rate": (summary.get(name) or {}).get("mean_safety_rate")
+           for name in ("seen", "unseen")},
     })
   return {"languages": languages, "runs": runs}
 

@@ -39,7 +39,7 @@ def _check_hidden(hidden: np.ndarray) -> np.ndarray:
 
 
 def normalized_spectrum(z: np.ndarray) -> np.ndarray:
-  """``[..., min(L, D)]`` singular values (float64, descending) of row-normalised ``z`` ``[..., L, D]`` over their sum."""
+  """Singular values ``[..., min(L, D)]`` (float64, descending) of row-normalised ``z`` ``[..., L, D]`` / their sum."""
   z = np.asarray(z, np.float64)
   z = z / (np.linalg.norm(z, axis=-1, keepdims=True) + ROW_NORM_EPS)
   s = np.linalg.svd(z, compute_uv=False)

@@ -91,7 +91,8 @@ class _LabelCache:
     self._lock = threading.Lock()
     self._db = sqlite3.connect(path, check_same_thread=False)
     with self._lock, self._db:
-      self._db.execute("CREATE TABLE IF NOT EXISTS labels (key TEXT PRIMARY KEY, label TEXT NOT NULL, raw TEXT NOT NULL)")
+      self._db.execute("CREATE TABLE IF NOT EXISTS labels "
+                       "(key TEXT PRIMARY KEY, label TEXT NOT NULL, raw TEXT NOT NULL)")
 
   def get(self, key: str) -> tuple[str, str] | None:
     with self._lock:

@@ -140,7 +140,8 @@ class GuardFormat:
 
 
 GUARD_FORMATS = {
-    "qwen3guard": GuardFormat("qwen3guard", _QWEN3GUARD_TEMPLATE, parse_qwen3guard, ("safe", "unsafe", "controversial")),
+    "qwen3guard": GuardFormat("qwen3guard", _QWEN3GUARD_TEMPLATE, parse_qwen3guard,
+                              ("safe", "unsafe", "controversial")),
     "llama_guard3": GuardFormat("llama_guard3", _LLAMA_GUARD3_TEMPLATE, parse_llama_guard3, ("safe", "unsafe")),
 }
 # HF ``model_type`` of a guard checkpoint -> its format (Qwen3Guard-Gen is a Qwen3, Llama-Guard-3 a Llama).
