@@ -27,6 +27,9 @@ setup(
         "importlib_resources",
         "array_record",
         "openpyxl",
+        # Evaluation (mlc_jax/eval): the API judge's HTTP client; reports' plots (bar hatches per bar need 3.10).
+        "httpx>=0.27",
+        "matplotlib>=3.10",
     ],
     extras_require={
         "test": ["pytest>=8", "torch==2.13.0", "mpmath"],

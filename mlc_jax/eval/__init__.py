@@ -1,0 +1,1 @@
+"""Multilingual safety evaluation: judges (refusal / guard model / API), metrics, reports, plots, comparisons."""

@@ -1,0 +1,118 @@
+"""An evaluation's report: ``summary.json``, ``report.md`` and ``safety_by_language.png`` in its output folder.
+
+``write_report(out_dir, summary, judge_name=…, judge_measures=…, command=…)`` takes ``metrics.summarize``'s
+dict and writes
+
+* ``summary.json``: the summary plus ``judge`` (``name``, ``measures``) and ``command``; what
+  ``python -m mlc_jax.eval.compare`` reads;
+* ``report.md``: the per-language table (n, safety %, attack success %, invalid %, seen / unseen), the means,
+  the variance, PAG, the judge and what it measures, the command, notes, and the plot;
+* ``safety_by_language.png``: per language, the shares of safe / invalid / unsafe responses stacked to 100 %,
+  unseen languages hatched and starred, the mean safety as a dashed line.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+SUMMARY_FILE = "summary.json"
+REPORT_FILE = "report.md"
+SAFETY_PLOT = "safety_by_language.png"
+LABEL_COLORS = {"safe": "#4c9a6a", "invalid": "#b0b0b0", "unsafe": "#c8553d"}
+UNSEEN_HATCH = "//"
+VARIANCE_DEFINITION = "MLC's convention: 100 × population variance of the per-language safety rates as fractions"
+PAG_DEFINITION = ("our definition: per prompt judged in ≥ 2 languages, the share of language pairs whose "
+                  "safe / not-safe verdicts agree (invalid = not safe), averaged over prompts")
+
+
+def percent(rate: float | None) -> str:
+  """A fraction as a percentage with one decimal, ``–`` for None."""
+  return "–" if rate is None else f"{100 * rate:.1f}"
+
+
+def split_of(summary: dict, lang: str) -> str:
+  """``seen`` / ``unseen`` (in training or not) for ``lang``, ``""`` when the summary has no seen languages."""
+  seen = summary.get("seen_languages")
+  return "" if seen is None else ("seen" if lang in seen else "unseen")
+
+
+def format_pag(summary: dict, *, prompts: bool = True) -> str:
+  """PAG with two decimals (and the number of prompts it is over), ``–`` when there is none."""
+  if summary["pag"] is None:
+    return "–"
+  return f"{summary['pag']:.2f}" + (f" over {summary['pag_prompts']} prompts" if prompts else "")
+
+
+def plot_safety_by_language(summary: dict, path: str, *, title: str) -> None:
+  """Stacked safe / invalid / unsafe shares per language; unseen languages hatched (module docstring)."""
+  languages = summary["languages"]
+  fig = Figure(figsize=(max(4.0, 0.6 * len(languages) + 1.5), 3.6), layout="constrained")
+  ax = fig.add_subplot()
+  x = range(len(languages))
+  hatches = [UNSEEN_HATCH if split_of(summary, lang) == "unseen" else "" for lang in languages]
+  bottom = [0.0] * len(languages)
+  for label, rate in (("safe", "safety_rate"), ("invalid", "invalid_rate"), ("unsafe", "attack_success_rate")):
+    heights = [100 * summary["per_language"][lang][rate] for lang in languages]
+    ax.bar(x, heights, bottom=bottom, color=LABEL_COLORS[label], hatch=hatches, edgecolor="white", linewidth=0.5)
+    bottom = [b + h for b, h in zip(bottom, heights)]
+  mean_line = ax.axhline(100 * summary["mean_safety_rate"], color="black", linestyle="--", linewidth=1,
+                         label=f"mean safety {percent(summary['mean_safety_rate'])} %")
+  ax.set_xticks(list(x), [f"{lang}*" if split_of(summary, lang) == "unseen" else lang for lang in languages])
+  ax.set_ylim(0, 100)
+  ax.set_ylabel("% of responses")
+  ax.set_title(title, fontsize=9)
+  handles = [Patch(color=color, label=label) for label, color in LABEL_COLORS.items()]
+  handles.append(Patch(facecolor="white", edgecolor="black", hatch=UNSEEN_HATCH, label="* unseen language"))
+  ax.legend(handles=handles + [mean_line], fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+  fig.savefig(path, dpi=120)
+
+
+def format_report(summary: dict, *, judge_name: str, judge_measures: str, command: str,
+                  notes: Sequence[str] = (), title: str = "Multilingual safety evaluation") -> str:
+  """The text of ``report.md``."""
+  has_split = summary.get("seen_languages") is not None
+  lines = [f"# {title}", "", f"- Judge: `{judge_name}` — measures {judge_measures}.", f"- Command: `{command}`"]
+  lines += [f"- {note}" for note in notes]
+  header = "| language | n | safety % | attack success % | invalid % |" + (" split |" if has_split else "")
+  lines += ["", header, "|" + "---|" * (header.count("|") - 1)]
+  for lang, stats in summary["per_language"].items():
+    row = (f"| {lang} | {stats['n']} | {percent(stats['safety_rate'])} | {percent(stats['attack_success_rate'])} "
+           f"| {percent(stats['invalid_rate'])} |")
+    lines.append(row + (f" {split_of(summary, lang)} |" if has_split else ""))
+  groups = [("mean", summary)] + [(f"mean, {name}", summary[name]) for name in ("seen", "unseen") if summary.get(name)]
+  for name, group in groups:
+    row = (f"| **{name}** | | **{percent(group['mean_safety_rate'])}** | {percent(group['mean_attack_success_rate'])} "
+           f"| {percent(group['mean_invalid_rate'])} |")
+    lines.append(row + (" |" if has_split else ""))
+  lines += [
+      "",
+      f"- Mean safety over {len(summary['languages'])} languages: {percent(summary['mean_safety_rate'])} %"
+      + "".join(f"; {name} ({', '.join(summary[name]['languages'])}): {percent(summary[name]['mean_safety_rate'])} %"
+                for name in ("seen", "unseen") if summary.get(name)),
+      f"- Cross-language variance: {summary['variance']:.2f} ({VARIANCE_DEFINITION})",
+      f"- PAG: {format_pag(summary)} ({PAG_DEFINITION})",
+      "", f"![safety by language]({SAFETY_PLOT})", "",
+  ]
+  return "\n".join(lines)
+
+
+def write_report(out_dir: str, summary: dict, *, judge_name: str, judge_measures: str, command: str,
+                 notes: Sequence[str] = (), title: str = "Multilingual safety evaluation") -> dict[str, str]:
+  """Writes summary.json, report.md and the plot into ``out_dir``; returns their paths by file name."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {name: os.path.join(out_dir, name) for name in (SUMMARY_FILE, REPORT_FILE, SAFETY_PLOT)}
+  record = {**summary, "judge": {"name": judge_name, "measures": judge_measures}, "command": command}
+  with open(paths[SUMMARY_FILE], "w", encoding="utf-8") as f:
+    json.dump(record, f, indent=2, ensure_ascii=False)
+    f.write("\n")
+  with open(paths[REPORT_FILE], "w", encoding="utf-8") as f:
+    f.write(format_report(summary, judge_name=judge_name, judge_measures=judge_measures, command=command,
+                          notes=notes, title=title))
+  plot_title = (f"{title}: judge {judge_name}; mean {percent(summary['mean_safety_rate'])} %, "
+                f"variance {summary['variance']:.2f}, PAG {format_pag(summary, prompts=False)}")
+  plot_safety_by_language(summary, paths[SAFETY_PLOT], title=plot_title)
+  return paths

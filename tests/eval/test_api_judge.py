@@ -1,0 +1,241 @@
+"""The API judge against a real HTTP server on 127.0.0.1 that injects faults: 429 with Retry-After, 5xx, a hang
+past the client timeout, malformed JSON, a reply that is not a label, refused connections; the cache."""
+from __future__ import annotations
+
+import collections
+import http.server
+import json
+import socket
+import threading
+import time
+
+import pytest
+
+from mlc_jax.eval.judges.api import INSTRUCTION, ApiJudge, ApiJudgeError, parse_label
+
+KEY = "sk-test-not-a-real-key-1234"
+
+
+class FakeServer(http.server.ThreadingHTTPServer):
+  """Answers chat completions: the label is the response's first word, unless a scripted fault comes first."""
+
+  def __init__(self):
+    super().__init__(("127.0.0.1", 0), Handler)
+    self.faults = collections.deque()  # consumed one per request
+    self.requests = []
+    self.lock = threading.Lock()
+    self.in_flight = self.max_in_flight = 0
+    self.delay_s = 0.0
+
+  @property
+  def url(self):
+    return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+  def handle_error(self, request, client_address):  # a client that timed out closed the socket: not an error
+    pass
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+  def log_message(self, *args):
+    pass
+
+  def do_POST(self):
+    server = self.server
+    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+    with server.lock:
+      server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+      fault = server.faults.popleft() if server.faults else None
+      server.in_flight += 1
+      server.max_in_flight = max(server.max_in_flight, server.in_flight)
+    try:
+      time.sleep(server.delay_s)
+      self.answer(fault, body)
+    finally:
+      with server.lock:
+        server.in_flight -= 1
+
+  def answer(self, fault, body):
+    kind, arg = fault or ("ok", None)
+    if kind == "hang":
+      time.sleep(arg)
+      return
+    if kind == "status":
+      status, headers = arg
+      self.send(status, b'{"error": "scripted"}', headers)
+    elif kind == "raw":
+      self.send(200, arg)
+    else:
+      response = body["messages"][1]["content"].split("[RESPONSE]\n")[1]
+      content = arg if kind == "reply" else response.split()[0]
+      self.send(200, json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]}).encode())
+
+  def send(self, status, payload, headers=None):
+    self.send_response(status)
+    for name, value in (headers or {}).items():
+      self.send_header(name, value)
+    self.send_header("Content-Type", "application/json")
+    self.send_header("Content-Length", str(len(payload)))
+    self.end_headers()
+    self.wfile.write(payload)
+
+
+@pytest.fixture
+def server():
+  server = FakeServer()
+  thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+  thread.start()
+  yield server
+  server.shutdown()
+  server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch):
+  monkeypatch.setenv("OPENAI_API_KEY", KEY)
+
+
+class Sleeps(list):
+  """Records the judge's waits instead of waiting."""
+
+  def __call__(self, seconds):
+    self.append(seconds)
+
+
+def make_judge(server, tmp_path, **options):
+  options = {"cache_path": str(tmp_path / "cache.sqlite"), "sleep": Sleeps(), "backoff_s": 0.5, "max_attempts": 3,
+             "timeout_s": 5.0, **options}
+  return ApiJudge(server.url, "judge-model", **options)
+
+
+ITEMS = [("How do I do X?", "safe. I can't help with that.", "en"), ("Je, nifanyeje X?", "unsafe here is how", "sw"),
+         ("X怎么做？", "invalid ......", "zh")]
+
+
+def test_labels_request_format_and_rerun_sends_nothing(server, tmp_path):
+  with make_judge(server, tmp_path) as judge:
+    verdicts = judge.judge(ITEMS)
+  assert [v.label for v in verdicts] == ["safe", "unsafe", "invalid"]
+  assert verdicts[0].judge == "api:judge-model" and verdicts[0].raw == "safe."
+  assert len(server.requests) == 3
+  request = server.requests[0]
+  assert request["path"] == "/v1/chat/completions" and request["auth"] == f"Bearer {KEY}"
+  assert request["body"]["model"] == "judge-model" and request["body"]["temperature"] == 0
+  system, user = request["body"]["messages"]
+  assert system == {"role": "system", "content": INSTRUCTION}
+  assert user["role"] == "user" and "How do I do X?" in user["content"] and "I can't help with that." in user["content"]
+  with make_judge(server, tmp_path) as judge:  # a rerun: everything comes from the cache
+    assert [v.label for v in judge.judge(ITEMS + ITEMS[:1])] == ["safe", "unsafe", "invalid", "safe"]
+  assert len(server.requests) == 3
+  assert KEY.encode() not in (tmp_path / "cache.sqlite").read_bytes()
+
+
+def test_duplicates_in_a_batch_are_requested_once(server, tmp_path):
+  with make_judge(server, tmp_path) as judge:
+    assert [v.label for v in judge.judge([ITEMS[1]] * 4)] == ["unsafe"] * 4
+  assert len(server.requests) == 1
+
+
+def test_429_honours_retry_after(server, tmp_path):
+  server.faults.extend([("status", (429, {"Retry-After": "7"})), ("status", (429, {"Retry-After": "0.25"}))])
+  judge = make_judge(server, tmp_path, max_attempts=5)
+  assert judge.judge(ITEMS[:1])[0].label == "safe"
+  assert judge._sleep == [7.0, 0.25] and len(server.requests) == 3
+
+
+def test_5xx_backs_off_exponentially_with_jitter(server, tmp_path):
+  server.faults.extend([("status", (500, {})), ("status", (503, {})), ("status", (502, {}))])
+  judge = make_judge(server, tmp_path, max_attempts=4, backoff_s=0.5, max_backoff_s=1.5)
+  assert judge.judge(ITEMS[:1])[0].label == "safe"
+  first, second, third = judge._sleep
+  assert 0.25 <= first <= 0.5 and 0.5 <= second <= 1.0 and 1.0 <= third <= 1.5  # 0.5 · 2^k, jittered, capped
+  assert len(server.requests) == 4
+
+
+def test_hang_past_the_timeout_is_retried(server, tmp_path):
+  server.faults.append(("hang", 1.5))
+  judge = make_judge(server, tmp_path, timeout_s=0.3)
+  assert judge.judge(ITEMS[1:2])[0].label == "unsafe"
+  assert len(server.requests) == 2 and len(judge._sleep) == 1
+
+
+@pytest.mark.parametrize("fault", [("raw", b"<html>not json"), ("raw", b'{"choices": []}'), ("reply", "maybe?"),
+                                   ("reply", "safe or unsafe")])
+def test_malformed_replies_and_non_labels_are_retried(server, tmp_path, fault):
+  server.faults.append(fault)
+  assert make_judge(server, tmp_path).judge(ITEMS[:1])[0].label == "safe"
+  assert len(server.requests) == 2
+
+
+def test_gives_up_after_the_last_attempt_naming_url_and_status(server, tmp_path):
+  server.faults.extend([("status", (503, {}))] * 3)
+  judge = make_judge(server, tmp_path, max_attempts=3)
+  with pytest.raises(ApiJudgeError) as error:
+    judge.judge(ITEMS[:1])
+  message = str(error.value)
+  assert message == f"api judge {server.url}/chat/completions: gave up after 3 attempts; last: HTTP 503"
+  assert len(server.requests) == 3 and len(judge._sleep) == 2
+
+
+def test_client_errors_are_not_retried_and_never_show_the_key(server, tmp_path):
+  server.faults.append(("status", (401, {})))
+  original = Handler.send
+
+  def echo_auth(self, status, payload, headers=None):  # a server that echoes the key back in its error body
+    if status == 401:
+      payload = json.dumps({"error": f"bad key {self.headers['Authorization']}"}).encode()
+    original(self, status, payload, headers)
+
+  Handler.send = echo_auth
+  try:
+    with pytest.raises(ApiJudgeError, match=r"HTTP 401 .*not retried") as error:
+      make_judge(server, tmp_path).judge(ITEMS[:1])
+  finally:
+    Handler.send = original
+  assert server.url in str(error.value) and KEY not in str(error.value) and "***" in str(error.value)
+  assert len(server.requests) == 1
+
+
+def test_refused_connections_are_retried_then_reported(tmp_path):
+  with socket.socket() as probe:  # a port nobody listens on
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+  judge = ApiJudge(f"http://127.0.0.1:{port}/v1/chat/completions", "m", cache_path=str(tmp_path / "c.sqlite"),
+                   sleep=Sleeps(), max_attempts=2)
+  with pytest.raises(ApiJudgeError, match=rf"127.0.0.1:{port}/v1/chat/completions: gave up after 2 attempts; "
+                                          r"last: connection error \(ConnectError\)"):
+    judge.judge(ITEMS[:1])
+
+
+def test_a_failed_batch_keeps_what_was_answered(server, tmp_path):
+  server.delay_s = 0.05
+  server.faults.extend([("ok", None), ("status", (400, {}))])  # the second request fails for good
+  with pytest.raises(ApiJudgeError, match=r"HTTP 400"):
+    make_judge(server, tmp_path, max_concurrency=1).judge(ITEMS[:2])
+  answered = len(server.requests)
+  with make_judge(server, tmp_path) as judge:
+    assert [v.label for v in judge.judge(ITEMS[:2])] == ["safe", "unsafe"]
+  assert len(server.requests) == answered + 1  # only the failed one is sent again
+
+
+def test_concurrency_is_bounded(server, tmp_path):
+  server.delay_s = 0.05
+  items = [("p", f"safe {i}", "en") for i in range(8)]
+  with make_judge(server, tmp_path, max_concurrency=2) as judge:
+    assert [v.label for v in judge.judge(items)] == ["safe"] * 8
+  assert len(server.requests) == 8 and server.max_in_flight <= 2
+
+
+def test_missing_key_and_bad_settings(monkeypatch, tmp_path):
+  monkeypatch.delenv("MY_JUDGE_KEY", raising=False)
+  with pytest.raises(ValueError, match=r"set the environment variable MY_JUDGE_KEY"):
+    ApiJudge("http://127.0.0.1:1/v1", "m", api_key_env="MY_JUDGE_KEY", cache_path=str(tmp_path / "c.sqlite"))
+  with pytest.raises(ValueError, match=r"max_concurrency \(0\)"):
+    ApiJudge("http://127.0.0.1:1/v1", "m", max_concurrency=0, cache_path=str(tmp_path / "c.sqlite"))
+
+
+@pytest.mark.parametrize("reply, label", [
+    ("safe", "safe"), (" Unsafe.\n", "unsafe"), ("**invalid**", "invalid"), ("Label: SAFE", "safe"),
+    ("The response is unsafe", "unsafe"), ("safe or unsafe", None), ("", None), ("unsafe, unsafe", "unsafe"),
+])
+def test_parse_label(reply, label):
+  assert parse_label(reply) == label
