@@ -16,8 +16,8 @@ import ml_collections
 from mlc_jax.config.fields import ConfigError
 
 # Keys a resumed run may change without altering what it computes.
-RESUMABLE_CHANGES = ("train.log_every", "train.peak_flops", "train.step_timeout_s", "checkpoint.every", "checkpoint.keep",
-                     "checkpoint.async_save", "eval.dataset", "eval.langs")
+RESUMABLE_CHANGES = ("train.log_every", "train.peak_flops", "train.step_timeout_s", "checkpoint.every",
+                     "checkpoint.keep", "checkpoint.async_save", "eval.dataset", "eval.langs")
 
 
 def parse_arg(arg: str | None, *, file: str, defaults: dict[str, str],

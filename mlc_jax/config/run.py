@@ -94,10 +94,10 @@ class RunConfig:
 
   def architecture(self) -> ModelConfig:
     """The model's architecture, with the MLC layer checked against it."""
-    cfg = self.model.architecture()
+    model_cfg = self.model.architecture()
     if self.mlc.enabled:
-      self.mlc.representation_layer(cfg)
-    return cfg
+      self.mlc.representation_layer(model_cfg)
+    return model_cfg
 
   def for_devices(self, num_devices: int) -> tuple[int, ...]:
     """The resolved mesh shape; checks that the micro-batch splits over its data shards."""

@@ -35,15 +35,15 @@ class ModelSection(Section):
     """The architecture: from `hf_path` when set, else the preset; `vocab_chunk` must divide its vocabulary."""
     if self.hf_path:
       try:
-        cfg = read_config(self.hf_path)[0]
+        model_cfg = read_config(self.hf_path)[0]
       except (OSError, ValueError) as e:
         raise ConfigError(f"model.hf_path: {e}") from e
     else:
-      cfg = PRESETS[self.preset]
-    if self.vocab_chunk and cfg.vocab_size % self.vocab_chunk:
+      model_cfg = PRESETS[self.preset]
+    if self.vocab_chunk and model_cfg.vocab_size % self.vocab_chunk:
       raise ConfigError(f"model.vocab_chunk={self.vocab_chunk} does not divide the vocabulary size "
-                        f"{cfg.vocab_size}")
-    return cfg
+                        f"{model_cfg.vocab_size}")
+    return model_cfg
 
   def decoder_kwargs(self) -> dict:
     """The `Decoder` keyword arguments this section sets (dtypes, remat, attention, vocab_chunk)."""

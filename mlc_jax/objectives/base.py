@@ -135,14 +135,14 @@ class Objective(Section):
   def loss(self, outputs: dict[str, jax.Array], reference: dict[str, jax.Array] | None) -> LossTerms:
     raise NotImplementedError
 
-  def step_flops(self, cfg: ModelConfig, shapes: dict[str, tuple[int, ...]], *, frozen_reference: bool) -> float:
+  def step_flops(self, model_cfg: ModelConfig, shapes: dict[str, tuple[int, ...]], *, frozen_reference: bool) -> float:
     """Analytic FLOPs of the training forward and backward on a batch whose arrays have `shapes` (`[B, T]` per side),
     plus the frozen reference's forward when it runs live."""
     b, t = shapes[f"{self.sides[0]}_ids"]
 
     def forward(sides, logp_sides):
-      return (flops.block_flops(cfg, sequences=b * len(sides), seq_len=t)
-              + flops.head_flops(cfg, positions=b * len(logp_sides) * (t - 1)))
+      return (flops.block_flops(model_cfg, sequences=b * len(sides), seq_len=t)
+              + flops.head_flops(model_cfg, positions=b * len(logp_sides) * (t - 1)))
 
     out = flops.training_flops(forward(self.sides, self.logp_sides))
     if frozen_reference and self.reference_keys:

@@ -41,16 +41,16 @@ class Mlc(Section):
   layer: int = field(-1, "HF hidden_states index of the representation; -1 = num_layers (the final-norm output)",
                      at_least(-1))
 
-  def representation_layer(self, cfg: ModelConfig) -> int:
+  def representation_layer(self, model_cfg: ModelConfig) -> int:
     """The resolved hidden-states index (0..num_layers); a `ConfigError` when out of range."""
-    layer = cfg.num_layers if self.layer == -1 else self.layer
-    if not 0 <= layer <= cfg.num_layers:
+    layer = model_cfg.num_layers if self.layer == -1 else self.layer
+    if not 0 <= layer <= model_cfg.num_layers:
       raise ConfigError(f"mlc.layer={self.layer} is out of range: this model has hidden_states indices "
-                        f"0..{cfg.num_layers} (-1 = {cfg.num_layers}, the final-norm output)")
+                        f"0..{model_cfg.num_layers} (-1 = {model_cfg.num_layers}, the final-norm output)")
     return layer
 
-  def make_extractor(self, cfg: ModelConfig, *, seed: int, param_dtype) -> Extractor:
-    return Extractor(cfg.hidden_size, self.extractor_dim, rngs=nnx.Rngs(seed),
+  def make_extractor(self, model_cfg: ModelConfig, *, seed: int, param_dtype) -> Extractor:
+    return Extractor(model_cfg.hidden_size, self.extractor_dim, rngs=nnx.Rngs(seed),
                      param_dtype=param_dtype)
 
   def term(self, policy, batch, apply: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -69,17 +69,17 @@ class Mlc(Section):
     loss, share = jax.lax.cond(apply, consistency, lambda: (jnp.float32(0.0), jnp.float32(0.0)))
     return self.weight * loss, dict(mlc_loss=loss, sigma1_share=share, mlc_applied=apply.astype(jnp.float32))
 
-  def step_flops(self, cfg: ModelConfig, shapes: dict[str, tuple[int, ...]]) -> float:
+  def step_flops(self, model_cfg: ModelConfig, shapes: dict[str, tuple[int, ...]]) -> float:
     """Analytic FLOPs of the term (forward and backward) on prompt variants `[B, L, P]`: the blocks up to the
     representation layer and the extractor at one position per variant."""
     b, num_langs, p = shapes["prompt_ids"]
-    blocks = min(self.representation_layer(cfg), cfg.num_layers)
-    forward = (flops.block_flops(cfg, sequences=b * num_langs, seq_len=p, num_blocks=blocks)
-               + 2 * b * num_langs * cfg.hidden_size * self.extractor_dim)
+    blocks = min(self.representation_layer(model_cfg), model_cfg.num_layers)
+    forward = (flops.block_flops(model_cfg, sequences=b * num_langs, seq_len=p, num_blocks=blocks)
+               + 2 * b * num_langs * model_cfg.hidden_size * self.extractor_dim)
     return flops.training_flops(forward)
 
-  def metadata(self, cfg: ModelConfig) -> dict:
+  def metadata(self, model_cfg: ModelConfig) -> dict:
     """What a user of an exported extractor needs to compute the representation."""
-    return {"hidden_states_index": self.representation_layer(cfg), "extractor_dim": self.extractor_dim,
+    return {"hidden_states_index": self.representation_layer(model_cfg), "extractor_dim": self.extractor_dim,
             "tau": self.tau, "normalize": self.normalize}
 

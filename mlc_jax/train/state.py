@@ -116,23 +116,23 @@ def _with_shardings(abstract, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
 
 
-def _make_model(run, cfg: ModelConfig) -> Decoder:
-  return Decoder(cfg, rngs=nnx.Rngs(run.model.init_seed), **run.model.decoder_kwargs())
+def _make_model(run, model_cfg: ModelConfig) -> Decoder:
+  return Decoder(model_cfg, rngs=nnx.Rngs(run.model.init_seed), **run.model.decoder_kwargs())
 
 
-def _make_extractor(run, cfg: ModelConfig) -> Extractor:
-  return run.mlc.make_extractor(cfg, seed=run.model.init_seed + 1, param_dtype=DTYPES[run.model.param_dtype])
+def _make_extractor(run, model_cfg: ModelConfig) -> Extractor:
+  return run.mlc.make_extractor(model_cfg, seed=run.model.init_seed + 1, param_dtype=DTYPES[run.model.param_dtype])
 
 
-def abstract_train_state(run, cfg: ModelConfig, mesh: Mesh, total_steps: int = 1) -> TrainStateSpec:
-  """The train state of `run` (a `RunConfig`) for architecture `cfg` on `mesh`: shapes, dtypes and shardings only.
+def abstract_train_state(run, model_cfg: ModelConfig, mesh: Mesh, total_steps: int = 1) -> TrainStateSpec:
+  """The train state of `run` (a `RunConfig`) for architecture `model_cfg` on `mesh`: shapes, dtypes and shardings only.
 
   Nothing is allocated and no weight is read (`model.hf_path` only decides where `init_train_state` gets them).
   `total_steps` shapes the learning-rate schedule, not the state.
   """
   rules = tuple(tuple(r) for r in run.mesh.rules)
-  abstract_policy = nnx.eval_shape(lambda: Policy(_make_model(run, cfg),
-                                                  _make_extractor(run, cfg) if run.mlc.enabled else None))
+  abstract_policy = nnx.eval_shape(lambda: Policy(_make_model(run, model_cfg),
+                                                  _make_extractor(run, model_cfg) if run.mlc.enabled else None))
   graphdef, abstract_modules = nnx.split(abstract_policy)
   policy_def = PolicyDef(graphdef, nnx.split(abstract_policy.model)[0])
   param_shardings = _pure_shardings(abstract_modules, mesh, rules)
@@ -145,7 +145,7 @@ def abstract_train_state(run, cfg: ModelConfig, mesh: Mesh, total_steps: int = 1
   frozen_copy = run.reference == "frozen_copy" and run.uses_reference
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), params=params,
                         opt_state=opt_state, ref_params=params["model"] if frozen_copy else None)
-  return TrainStateSpec(abstract, cfg, policy_def, optimizer, learning_rate_schedule(run.optim, total_steps))
+  return TrainStateSpec(abstract, model_cfg, policy_def, optimizer, learning_rate_schedule(run.optim, total_steps))
 
 
 def initial_model_params(spec: TrainStateSpec, run) -> dict:
