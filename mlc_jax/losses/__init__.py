@@ -1,2 +1,2 @@
 """Loss functions: one pure-function module per objective."""
-from mlc_jax.losses import logps, mlc, mpo, preference
+from mlc_jax.losses import logps, mlc, mpo, msd, preference
