@@ -17,7 +17,7 @@ from typing import Sequence
 import grain
 import numpy as np
 
-from mlc_jax.data.tokenized import DOMINANT_PAIR_KEYS, PAIR_KEYS, PROMPT_KEYS, MpoTokenizedData, TokenizedData
+from mlc_jax.data.tokenized import DOMINANT_PAIR_KEYS, PAIR_KEYS, PROMPT_KEYS
 
 
 def check_buckets(buckets: Sequence[int], limit: int, *, key: str) -> tuple[int, ...]:
@@ -39,11 +39,12 @@ def trim_to_buckets(batch: dict[str, np.ndarray], *, pair_buckets: tuple[int, ..
   All pair sequences (and MPO's dominant pairs) share one length; the MLC prompt variants have their own.
   """
   pair_keys = [k for k in (*PAIR_KEYS, *DOMINANT_PAIR_KEYS) if k in batch]
-  pair_len = max(int(batch[k].sum(-1).max()) for k in pair_keys
-                 if k.endswith("_mask") and not k.endswith("_loss_mask"))
-  t = _smallest_bucket(pair_len, pair_buckets)
   out = dict(batch)
-  out.update({k: batch[k][:, :t] for k in pair_keys})
+  if pair_keys:  # (prompt-only data has no right-padded pairs)
+    pair_len = max(int(batch[k].sum(-1).max()) for k in pair_keys
+                   if k.endswith("_mask") and not k.endswith("_loss_mask"))
+    t = _smallest_bucket(pair_len, pair_buckets)
+    out.update({k: batch[k][:, :t] for k in pair_keys})
   if "prompt_mask" in batch:
     p = _smallest_bucket(int(batch["prompt_mask"].sum(-1).max()), prompt_buckets)
     out.update({k: batch[k][..., :p] for k in PROMPT_KEYS})
@@ -55,7 +56,7 @@ def _process_rows(batch: dict[str, np.ndarray], *, index: int, count: int) -> di
   return {k: v[index * per:(index + 1) * per] for k, v in batch.items()}
 
 
-def batch_iterator(data: TokenizedData | MpoTokenizedData, global_batch_size: int, *, seed: int, shuffle: bool = True,
+def batch_iterator(data, global_batch_size: int, *, seed: int, shuffle: bool = True,
                    process_index: int = 0, process_count: int = 1, pair_buckets: Sequence[int] = (),
                    prompt_buckets: Sequence[int] = ()):
   """An endless, resumable iterator of this process's part of each global batch.
@@ -70,7 +71,8 @@ def batch_iterator(data: TokenizedData | MpoTokenizedData, global_batch_size: in
   if global_batch_size % process_count:
     raise ValueError(f"train.batch_size={global_batch_size} does not split over {process_count} processes")
   arrays = {k: getattr(data, k) for k in data.batch_keys}
-  pair_buckets = check_buckets(pair_buckets, arrays["chosen_ids"].shape[1], key="data.pair_buckets")
+  if "chosen_ids" in arrays:
+    pair_buckets = check_buckets(pair_buckets, arrays["chosen_ids"].shape[1], key="data.pair_buckets")
   if "prompt_ids" in arrays:
     prompt_buckets = check_buckets(prompt_buckets, arrays["prompt_ids"].shape[-1], key="data.prompt_buckets")
   ds = grain.MapDataset.range(n)

@@ -23,6 +23,8 @@ DOMINANT_PAIR_KEYS = tuple(f"dominant_{k}" for k in PAIR_KEYS)
 PROMPT_KEYS = ("prompt_ids", "prompt_mask")
 BATCH_KEYS = (*PAIR_KEYS, *PROMPT_KEYS, "pair_language", "index")
 MPO_BATCH_KEYS = (*PAIR_KEYS, *DOMINANT_PAIR_KEYS, "pair_language", "index")
+PROMPT_ONLY_BATCH_KEYS = ("student_prompt_ids", "student_prompt_mask", "teacher_prompt_ids", "teacher_prompt_mask",
+                          "pair_language", "index")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,6 +124,74 @@ class MpoTokenizedData(PairArrays):
   def seen_languages(self) -> tuple[str, ...]:
     """Every language the training data shows the model: the targets and the dominant ones."""
     return tuple(dict.fromkeys(self.languages + self.dominant_languages))
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptOnlyData:
+  """Prompt-only examples for self-distillation (N examples), prompts LEFT padded so a response can follow each.
+
+  Attributes:
+    student_prompt_ids, student_prompt_mask: `[N, P]`, the target-language prompt chat-rendered up to the assistant
+      header, its last real token at index P - 1.
+    teacher_prompt_ids, teacher_prompt_mask: `[N, Pt]`, the teacher's context (the target prompt, its English
+      translation and the reasoning instruction in one user turn), rendered and padded the same way.
+    pair_language: `[N]`, the index of each example's target language in ``languages``.
+    index: `[N]`, each example's position; prompt_id: `[N]`, its row in the source (shared across languages).
+    languages: the target languages; seen_languages adds English, which the teacher reads.
+    truncation: cut student and teacher prompts (their first tokens are dropped, keeping the assistant header).
+  """
+
+  student_prompt_ids: np.ndarray
+  student_prompt_mask: np.ndarray
+  teacher_prompt_ids: np.ndarray
+  teacher_prompt_mask: np.ndarray
+  pair_language: np.ndarray
+  index: np.ndarray
+  prompt_id: np.ndarray
+  languages: tuple[str, ...]
+  truncation: dict[str, int]
+  batch_keys = PROMPT_ONLY_BATCH_KEYS
+
+  def __len__(self) -> int:
+    return self.student_prompt_ids.shape[0]
+
+  @property
+  def seen_languages(self) -> tuple[str, ...]:
+    return (*self.languages, "en")
+
+
+def _left_pad(rows: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """`[len(rows), width]` int32 ids (pad_id before each row's last `width` tokens) and the mask of real tokens."""
+  ids = np.full((len(rows), width), pad_id, np.int32)
+  mask = np.zeros((len(rows), width), np.int32)
+  for i, row in enumerate(rows):
+    row = list(row)[-width:]
+    ids[i, width - len(row):] = row
+    mask[i, width - len(row):] = 1
+  return ids, mask
+
+
+def tokenize_prompt_only(examples, tokenizer: PreTrainedTokenizerBase, *, prompt_len: int, teacher_prompt_len: int,
+                         teacher_template: str, languages: tuple[str, ...]) -> PromptOnlyData:
+  """Tokenizes `PromptExample`s: the student sees `prompt`, the teacher `teacher_template.format(prompt=…,
+  english=…)`. Over-long prompts keep their last tokens (the assistant header stays) and are counted."""
+  if not examples:
+    raise ValueError("tokenize_prompt_only: no examples")
+  pad_id, _ = _token_ids(tokenizer)
+  truncation = {"student_prompt": 0, "teacher_prompt": 0}
+  student = _render_prompts(tokenizer, [ex.prompt for ex in examples])
+  teacher = _render_prompts(tokenizer, [teacher_template.format(prompt=ex.prompt, english=ex.english)
+                                        for ex in examples])
+  truncation["student_prompt"] = sum(len(ids) > prompt_len for ids in student)
+  truncation["teacher_prompt"] = sum(len(ids) > teacher_prompt_len for ids in teacher)
+  student_ids, student_mask = _left_pad(student, prompt_len, pad_id)
+  teacher_ids, teacher_mask = _left_pad(teacher, teacher_prompt_len, pad_id)
+  return PromptOnlyData(
+      student_prompt_ids=student_ids, student_prompt_mask=student_mask, teacher_prompt_ids=teacher_ids,
+      teacher_prompt_mask=teacher_mask,
+      pair_language=np.asarray([languages.index(ex.language) for ex in examples], np.int32),
+      index=np.asarray([ex.index for ex in examples], np.int32),
+      prompt_id=np.asarray([ex.prompt_id for ex in examples], np.int32), languages=languages, truncation=truncation)
 
 
 def _render_prompts(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str]) -> list[list[int]]:
