@@ -63,6 +63,18 @@ def token_logps(
   return target_logits - log_z
 
 
+def next_token_targets(ids: jax.Array, loss_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The token each position predicts and whether it is scored: `[B, T]` → `[B, T]` each, shifted left by one.
+
+  Position t predicts `ids[:, t + 1]` where `loss_mask[:, t + 1]`; the last position predicts nothing (target 0,
+  mask 0). Scoring all T positions instead of slicing the hidden states to T − 1 keeps the `[B·T, V]` ↔
+  `[B, T, V]` logits reshapes bitcasts on TPU when T is a multiple of 8 (T − 1 = 1023 made the TPU compiler copy
+  the whole float32 logits and not finish in minutes, DESIGN.md §6).
+  """
+  shift = lambda x: jnp.pad(x[:, 1:], ((0, 0), (0, 1)))
+  return shift(ids), shift(loss_mask)
+
+
 def sequence_logps(token_logps: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Masked sum `[B]`, mean `[B]` and token count `[B]` (float32) of `token_logps` `[B, S]`.
 

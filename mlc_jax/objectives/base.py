@@ -83,8 +83,10 @@ def sequence_stats(model: Decoder, batch, sides: tuple[str, ...], *, logps_of: t
   out = {}
   if logps_of:
     n = len(logps_of) * b
-    token = model.token_logps(hidden[:n, :-1], ids[:n, 1:])
-    summed, mean, _ = logps.sequence_logps(token, cat("loss_mask", logps_of)[:, 1:])
+    # Every position scores the next token, the last one masked out: no `hidden[:, :-1]` slice, whose
+    # T − 1 positions make the TPU compiler copy the float32 logits (see logps.next_token_targets).
+    targets, target_mask = logps.next_token_targets(ids[:n], cat("loss_mask", logps_of))
+    summed, mean, _ = logps.sequence_logps(model.token_logps(hidden[:n], targets), target_mask)
     for side in logps_of:
       out[f"{side}_sum"], out[f"{side}_mean"] = rows(summed, side), rows(mean, side)
   for side in pool_of:

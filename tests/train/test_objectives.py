@@ -7,7 +7,7 @@ from train_helpers import compiled_step, device_batch, numpy_logps, setup, small
 
 from mlc_jax.data import pipeline
 from mlc_jax.data.datasets import PREFERENCE_PAIRS
-from mlc_jax.objectives import OBJECTIVES
+from mlc_jax.objectives import OBJECTIVES, sequence_stats
 from mlc_jax.parallel.mesh import make_mesh
 from mlc_jax.train import trainer
 
@@ -70,3 +70,18 @@ def test_reference_free_bases_compute_no_reference(tmp_path, base):
   assert not (tmp_path / "reference").exists()
   run, _, state = setup(small_config(f"objective.name={base}"), make_mesh((1, 1, 1), devices=jax.devices()[:1]))
   assert state.ref_params is None and not run.objective.reference_keys
+
+
+def test_sequence_stats_equal_full_logits_log_probs():
+  """The policy's summed and mean response log-probs equal float64 NumPy on the model's full logits."""
+  config = small_config("mlc.enabled=False")
+  mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  _, spec, state = setup(config, mesh)
+  model = spec.policy_def.merge_model(state.params["model"])
+  batch = next(pipeline.batch_iterator(tokenized_builtin(config), config.train.batch_size, seed=0))
+  stats = sequence_stats(model, batch, ("chosen", "rejected"), logps_of=("chosen", "rejected"))
+  for side in ("chosen", "rejected"):
+    summed, mean = numpy_logps(model(batch[f"{side}_ids"], batch[f"{side}_mask"]), batch[f"{side}_ids"],
+                               batch[f"{side}_loss_mask"])
+    np.testing.assert_allclose(stats[f"{side}_sum"], summed, rtol=1e-5)
+    np.testing.assert_allclose(stats[f"{side}_mean"], mean, rtol=1e-5)
