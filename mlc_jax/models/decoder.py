@@ -295,8 +295,12 @@ class Decoder(nnx.Module):
     return softcap(logits_bsv, self.cfg.final_logit_softcap)
 
   def token_logps(self, hidden_bsd, targets_bs) -> jax.Array:
-    """`log p(targets[b, s] | hidden[b, s])` `[b, s]` float32 (chunked over the vocabulary with `vocab_chunk`)."""
-    return token_logps(hidden_bsd, self.unembedding(), targets_bs, vocab_chunk=self.vocab_chunk,
+    """`log p(targets[b, s] | hidden[b, s])` `[b, s]` float32 (chunked over the vocabulary with `vocab_chunk`).
+
+    The head is cast to the compute dtype, as in `logits`: a bf16 matmul accumulated in float32.
+    """
+    head_dv = self.unembedding().astype(hidden_bsd.dtype)
+    return token_logps(hidden_bsd, head_dv, targets_bs, vocab_chunk=self.vocab_chunk,
                        logit_softcap=self.cfg.final_logit_softcap)
 
   def hidden_states(self, input_ids, attention_mask=None, *, positions=None, num_blocks: int | None = None,
