@@ -132,7 +132,8 @@ class CheckpointSection(Section):
 
 @dataclasses.dataclass(frozen=True)
 class MeshSection(Section):
-  shape: tuple[int, ...] = field((1, -1, 1), f"devices along {MESH_AXES}; one -1 takes the rest")
+  shape: tuple[int, ...] = field((1, -1, 1), f"devices along {MESH_AXES}; one -1 takes the rest; over several TPU "
+                                 "slices the shape of one slice, the data axis then spanning the slices")
   rules: tuple = field(tuple(DEFAULT_RULES), "(logical axis, mesh axis or axes or None) pairs")
 
   def check(self, key):

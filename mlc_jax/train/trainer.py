@@ -21,7 +21,7 @@ from mlc_jax.config import ConfigError, RunConfig, run_altering_differences, to_
 from mlc_jax.data import batching, pipeline
 from mlc_jax.data.languages import resolve_languages
 from mlc_jax.data.tokenizer import load_tokenizer
-from mlc_jax.parallel.mesh import make_mesh
+from mlc_jax.parallel.mesh import make_mesh, num_slices
 from mlc_jax.train import checkpointing
 from mlc_jax.train.metrics import MetricsWriter
 from mlc_jax.train.reference import precompute
@@ -54,7 +54,7 @@ class Prepared:
 
 def prepare(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False) -> Prepared:
   """Validates the config, the data and the workdir; raises `ConfigError` naming the key. Writes nothing."""
-  run, model_cfg, mesh_shape = validate(config, jax.device_count())
+  run, model_cfg, mesh_shape = validate(config, jax.device_count(), num_slices(jax.devices()))
   try:
     tokenizer = load_tokenizer(run.tokenizer or run.model.hf_path or None)
   except (OSError, ValueError) as e:
