@@ -6,6 +6,8 @@ precomputed, `ref_<key>` `[B]` or `[B, …]` for each of the objective's `refere
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,6 +85,15 @@ def loss_fn(policy, ref_model, batch, apply_mlc, objective: Objective, mlc: Mlc 
   return loss, metrics
 
 
+def _under_mesh(fn, mesh: Mesh):
+  """`fn` traced with `mesh` as the abstract mesh: what kernels wrapped in `shard_map` (splash attention) read."""
+  @functools.wraps(fn)
+  def traced(*args):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args)
+  return traced
+
+
 def make_train_step(spec: TrainStateSpec, objective: Objective, mlc: Mlc | None, *, mesh: Mesh,
                     num_languages: int = 0):
   """`step(state, batch) → (state, metrics)`, jitted with shardings and the state donated.
@@ -117,7 +128,7 @@ def make_train_step(spec: TrainStateSpec, objective: Objective, mlc: Mlc | None,
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   replicated = NamedSharding(mesh, PartitionSpec())
-  return jax.jit(train_step, in_shardings=(spec.shardings, batch_sharding(mesh, accumulated=True)),
+  return jax.jit(_under_mesh(train_step, mesh), in_shardings=(spec.shardings, batch_sharding(mesh, accumulated=True)),
                  out_shardings=(spec.shardings, replicated), donate_argnums=0)
 
 
@@ -130,5 +141,5 @@ def make_reference_fn(spec: TrainStateSpec, objective: Objective, mesh: Mesh):
     return objective.reference_outputs(spec.policy_def.merge_model(model_params), batch)
 
   replicated = NamedSharding(mesh, PartitionSpec())
-  return jax.jit(fn, in_shardings=(spec.shardings.params["model"], batch_sharding(mesh, accumulated=False)),
+  return jax.jit(_under_mesh(fn, mesh), in_shardings=(spec.shardings.params["model"], batch_sharding(mesh, accumulated=False)),
                  out_shardings=replicated)

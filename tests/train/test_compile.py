@@ -1,6 +1,5 @@
 """Ahead-of-time compilation for a TPU v5p 4-chip slice with libtpu on this CPU: sharding, memory, mixed precision."""
 import math
-import os
 import re
 import subprocess
 import sys
@@ -83,9 +82,8 @@ def test_mixed_precision_bf16_matmuls_over_fp32_state(report):
 
 
 def test_cli_prints_the_figures_and_one_line_errors():
-  env = {**os.environ, "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}  # this process holds libtpu's lock file
   run = lambda *args: subprocess.run([sys.executable, "-m", "mlc_jax.compile", "--config", CONFIG, *args],
-                                     capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+                                     capture_output=True, text=True, timeout=300, cwd=ROOT)
   bad = run("--topology", "v5q:2x2")
   assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error: --topology='v5q:2x2': "
                                                                                   "unknown TPU generation 'v5q'")
@@ -101,3 +99,11 @@ def test_cli_prints_the_figures_and_one_line_errors():
   assert re.search(r"^train_step: does not fit, the TPU compiler says: .*exceeds available HBM", too_big.stdout,
                    re.M), too_big.stdout
   assert re.search(r"^step: [\d.]+ TFLOP .* s at the peak 197 TFLOP/s bf16 of 4 chips$", too_big.stdout, re.M)
+
+
+def test_splash_attention_compiles_to_the_mosaic_kernel():
+  config = apply_overrides(load_config_file(CONFIG), [*OVERRIDES, "model.attention_impl=splash"])
+  with jax.default_matmul_precision("default"):  # conftest's 'highest' asks Mosaic for fp32 passes on bf16
+    report = aot.compile_run(config, parse_topology("v5p:2x2x1"))
+  hlo = report.program("train_step").compiled.as_text()
+  assert "tpu_custom_call" in hlo and report.fits
