@@ -44,6 +44,7 @@ is precomputed before training (one forward pass over the data, cached in WORKDI
 `mlc_pku_saferlhf/dpo` TFDS dataset, prepared on first use from `data.manual_dir` (../shared/data).
 """
 from mlc_jax.config import base_config, parse_arg
+from mlc_jax.models import PRESETS
 
 JSONL_DATA = "../shared/data/mlc/pku_saferlhf_safety_test.jsonl"
 
@@ -75,4 +76,5 @@ def get_config(arg=None):
     c.tokenizer = ""  # the checkpoint's own tokenizer (set model.hf_path)
     c.model.dtype = "bfloat16"
     c.model.remat = "full"
+    c.model.vocab_chunk = PRESETS[a["model"]].vocab_size // 8  # log-partition over 8 chunks (docs/scaling.md)
   return c

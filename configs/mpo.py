@@ -45,6 +45,7 @@ dominant_gap (the frozen dominant RG) overall and per target language (`reward_m
 `mpo_loss/ko`, `reward_acc/ko`, …): training closes reward_margin/xx onto dominant_gap/xx.
 """
 from mlc_jax.config import base_config, parse_arg
+from mlc_jax.models import PRESETS
 
 # The paper's per-model hyper-parameters (official code).
 PAPER = {
@@ -81,4 +82,5 @@ def get_config(arg=None):
     c.tokenizer = ""  # the checkpoint's own tokenizer (set model.hf_path)
     c.model.dtype = "bfloat16"
     c.model.remat = "full"
+    c.model.vocab_chunk = PRESETS[a["model"]].vocab_size // 8  # log-partition over 8 chunks (docs/scaling.md)
   return c
