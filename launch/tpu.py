@@ -1,17 +1,19 @@
 """Train on a Cloud TPU VM slice: create it (queued resources), run one commit on every worker, watch, delete.
 
   python launch/tpu.py create --name mlc-8b --zone us-east5-a --accelerator v5p-8 --spot
-  python launch/tpu.py run    --name mlc-8b --zone us-east5-a -- --config configs/mlc.py:model=llama3p1_8b,langs=mlc10 \\
-      --workdir /mnt/gcs/runs/mlc-8b --config.model.hf_path=/mnt/models/Llama-3.1-8B-Instruct
+  python launch/tpu.py run    --name mlc-8b --zone us-east5-a -- \\
+      --config configs/mlc.py:model=llama3p1_8b,langs=mlc10 --workdir /mnt/gcs/runs/mlc-8b \\
+      --config.model.hf_path=/mnt/models/Llama-3.1-8B-Instruct
   python launch/tpu.py status --name mlc-8b --zone us-east5-a
   python launch/tpu.py logs   --name mlc-8b --zone us-east5-a [--worker 0]
   python launch/tpu.py delete --name mlc-8b --zone us-east5-a
 
 `run` ships this checkout's HEAD commit (`git archive`; uncommitted changes are refused) to every worker, stops a
 previous run there (its pid file, processes holding the TPU, libtpu's lock file /tmp/libtpu_lockfile), installs
-mlc_jax with `jax[tpu]` into a Python 3.11 venv (uv; the TPU VM images have 3.10) once per commit, and starts `python -m mlc_jax.train --multihost …` on `--worker=all` in the
-background, each worker logging to ~/mlc_jax_run/<hostname>.log. Running `run` again resumes the run (same workdir).
-`--dry_run` prints every gcloud command instead of running it. Check a config fits the slice first:
+mlc_jax with `jax[tpu]` into a Python 3.11 venv (uv; the TPU VM images have 3.10) once per commit, and starts
+`python -m mlc_jax.train --multihost …` on `--worker=all` in the background, each worker logging to
+~/mlc_jax_run/<hostname>.log. Running `run` again resumes the run (same workdir). `--dry_run` prints every gcloud
+command instead of running it. Check a config fits the slice first:
 `python -m mlc_jax.compile --config … --topology v5p:2x2x1` (docs/scaling.md).
 """
 from __future__ import annotations
@@ -74,10 +76,12 @@ def run_commands(args, commit: str, train_args: list[str]) -> list[list[str]]:
   archive = f"/tmp/mlc_jax-{commit[:12]}.tar.gz"
   train = " ".join(shlex.quote(a) for a in ["python", "-m", "mlc_jax.train", "--multihost", *train_args])
   start = (f"set -e; {CLEANUP}; "
-           f"rm -rf {REPO_DIR} && mkdir -p {REPO_DIR} {RUN_DIR} && tar -xzf ~/{os.path.basename(archive)} -C {REPO_DIR}; "
+           f"rm -rf {REPO_DIR} && mkdir -p {REPO_DIR} {RUN_DIR} && "
+           f"tar -xzf ~/{os.path.basename(archive)} -C {REPO_DIR}; "
            f"cd {REPO_DIR}; if [ \"$(cat {RUN_DIR}/installed 2>/dev/null)\" != {commit} ]; then "
-           f"python3 -m pip install -q --user uv && ~/.local/bin/uv venv -q --allow-existing --python 3.11 {RUN_DIR}/venv "
-           f"&& ~/.local/bin/uv pip install -q -p {RUN_DIR}/venv -e . 'jax[tpu]' && echo {commit} > {RUN_DIR}/installed; "
+           f"python3 -m pip install -q --user uv && "
+           f"~/.local/bin/uv venv -q --allow-existing --python 3.11 {RUN_DIR}/venv && "
+           f"~/.local/bin/uv pip install -q -p {RUN_DIR}/venv -e . 'jax[tpu]' && echo {commit} > {RUN_DIR}/installed; "
            "fi; "
            f". {RUN_DIR}/venv/bin/activate; "
            f"nohup {train} > {RUN_DIR}/$(hostname).log 2>&1 < /dev/null & echo $! > {RUN_DIR}/train.pid; "
@@ -88,9 +92,9 @@ def run_commands(args, commit: str, train_args: list[str]) -> list[list[str]]:
 
 
 def status_commands(args) -> list[list[str]]:
+  running = f"$(kill -0 $(cat {RUN_DIR}/train.pid 2>/dev/null) 2>/dev/null && echo running || echo stopped)"
   return [["gcloud", "compute", "tpus", "queued-resources", "describe", args.name, *_where(args)],
-          _ssh(args, f"echo \"$(hostname): $(cat {RUN_DIR}/installed 2>/dev/null | cut -c1-12) "
-                     f"$(kill -0 $(cat {RUN_DIR}/train.pid 2>/dev/null) 2>/dev/null && echo running || echo stopped)\"")]
+          _ssh(args, f"echo \"$(hostname): $(cat {RUN_DIR}/installed 2>/dev/null | cut -c1-12) {running}\"")]
 
 
 def logs_commands(args) -> list[list[str]]:

@@ -141,5 +141,6 @@ def make_reference_fn(spec: TrainStateSpec, objective: Objective, mesh: Mesh):
     return objective.reference_outputs(spec.policy_def.merge_model(model_params), batch)
 
   replicated = NamedSharding(mesh, PartitionSpec())
-  return jax.jit(_under_mesh(fn, mesh), in_shardings=(spec.shardings.params["model"], batch_sharding(mesh, accumulated=False)),
+  return jax.jit(_under_mesh(fn, mesh),
+                 in_shardings=(spec.shardings.params["model"], batch_sharding(mesh, accumulated=False)),
                  out_shardings=replicated)

@@ -25,7 +25,8 @@ gcloud compute tpus queued-resources create mlc-8b --node-id mlc-8b --zone us-ea
 git -C {root} archive --format=tar.gz -o /tmp/mlc_jax-{short}.tar.gz {commit}
 gcloud compute tpus tpu-vm scp /tmp/mlc_jax-{short}.tar.gz 'mlc-8b:~/' --zone us-east5-a --worker=all
 gcloud compute tpus tpu-vm ssh mlc-8b --zone us-east5-a --worker=all --command '{start}'
-gcloud compute tpus tpu-vm ssh mlc-8b --zone us-east5-a --worker=all --command 'tail -n 50 ~/mlc_jax_run/$(hostname).log'
+gcloud compute tpus tpu-vm ssh mlc-8b --zone us-east5-a --worker=all --command 'tail -n 50 \
+~/mlc_jax_run/$(hostname).log'
 gcloud compute tpus queued-resources delete mlc-8b --zone us-east5-a --force --quiet
 """
 V5P_64 = """\

@@ -121,7 +121,7 @@ def test_sequence_logps_matches_numpy():
 
 @pytest.mark.parametrize("vocab_chunk", [None, 16])
 def test_next_token_targets_give_the_log_probs_of_the_one_token_shift(vocab_chunk):
-  """All T positions scored, the last masked out, equal the `hidden[:, :-1]` / `targets[:, 1:]` slices (values, grads)."""
+  """All T positions scored, the last masked out, equal the `hidden[:, :-1]` / `targets[:, 1:]` slices (and grads)."""
   hidden, head, ids, mask = logps_case(logit_scale=10.0)
   mask[1, 0] = True  # a response token at position 0 cannot be predicted: dropped both ways
   targets, target_mask = logps.next_token_targets(jnp.asarray(ids), jnp.asarray(mask, jnp.int32))

@@ -12,14 +12,16 @@ from paths import ROOT
 pytest.importorskip("libtpu", reason="libtpu (the TPU compiler; setup.py's tpu and test extras) is not installed")
 
 from mlc_jax.compile import aot  # noqa: E402
-from mlc_jax.config import apply_overrides, load_config_file  # noqa: E402
+from mlc_jax.config import ConfigError, apply_overrides, load_config_file, validate  # noqa: E402
+from mlc_jax.parallel.mesh import make_mesh, num_slices  # noqa: E402
 from mlc_jax.parallel.tpu import GIB, parse_topology  # noqa: E402
 
 CONFIG = f"{ROOT}/configs/mlc.py:model=tiny,langs=mlc10"
 # bf16 compute over fp32 master weights and AdamW moments, as the paper configs run on TPU.
 OVERRIDES = ["model.dtype=bfloat16", "model.param_dtype=float32", "model.remat=full"]
 # Recorded on v5p:2x2x1 with libtpu 0.0.42 (tiny DPO+MLC, 4 pairs × 256 tokens, 10 × 128-token variants):
-# per chip 1.13 MB of arguments (the sharded state, padded to TPU tiles) and 50-90 MB in all. The bounds leave room for compiler drift.
+# per chip 1.13 MB of arguments (the sharded state, padded to TPU tiles) and 50-90 MB in all. The bounds leave room
+# for compiler drift.
 MAX_ARGUMENT_BYTES = 1.25e6
 MAX_TOTAL_BYTES = 128e6
 LARGE = 4096  # elements: every array this big is sharded over the mesh
@@ -107,3 +109,14 @@ def test_splash_attention_compiles_to_the_mosaic_kernel():
     report = aot.compile_run(config, parse_topology("v5p:2x2x1"))
   hlo = report.program("train_step").compiled.as_text()
   assert "tpu_custom_call" in hlo and report.fits
+
+
+def test_two_slices_put_the_data_axis_over_the_slices():
+  """`mesh.shape` is one slice's; with 2 slices of v5p:2x2x1 the data axis (2) spans them, fsdp stays in a slice."""
+  devices = aot.topology_devices(parse_topology("v5p:2x2x1"), 2)
+  config = apply_overrides(load_config_file(CONFIG), ["train.batch_size=8"])
+  _, _, shape = validate(config, len(devices), num_slices(devices))
+  mesh = make_mesh(shape, devices=devices)
+  assert shape == (2, 4, 1) and [{d.slice_index for d in row.flat} for row in mesh.devices] == [{0}, {1}]
+  with pytest.raises(ConfigError, match="not divisible by the 8 data shards"):
+    validate(apply_overrides(load_config_file(CONFIG), ["train.batch_size=4"]), len(devices), num_slices(devices))
