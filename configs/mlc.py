@@ -39,7 +39,7 @@ models on a TPU v5p-8 slice (4 chips, 95 GiB each, FSDP over all chips: mesh.sha
 activations over fp32 master weights and AdamW, full remat, vocab_chunk = vocabulary / 8 (set here for non-tiny
 models): DPO+MLC takes 48.6 GiB a chip on Qwen2.5-7B, 50.8 on Llama-3.1-8B, 59.5 on Gemma-2-9B; the other bases
 with MLC 46.5-48.6 GiB, without it 33-35 GiB. Scale ablation: Qwen2.5-1.5B on a v5e-4 (4 × 16 GiB, 11.1 GiB a
-chip), Qwen2.5-3B on a v5e-8 with --config.mesh.shape='(1,4,2)' (10.4 GiB a chip). Llama-3.1-70B DPO+MLC on a
+chip), Qwen2.5-3B on a v5e-8 with --config.mesh.shape='(1,4,2)' (10.3 GiB a chip). Llama-3.1-70B DPO+MLC on a
 v5p-64 (32 chips) with 4-way FSDP × 8-way tensor parallelism (59.5 GiB a chip):
   python -m mlc_jax.train --config configs/mlc.py:model=llama3p1_70b,langs=mlc10 --config.mesh.shape='(1,4,8)' \
     --config.model.hf_path=/ckpt/Llama-3.1-70B-Instruct --workdir $RUNS/mlc-llama70b
