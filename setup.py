@@ -32,6 +32,9 @@ setup(
         "matplotlib>=3.10",
     ],
     extras_require={
-        "test": ["pytest>=8", "torch==2.13.0", "mpmath"],
+        # libtpu: the TPU compiler; on a CPU machine `python -m mlc_jax.compile` compiles for a TPU topology with it
+        # (the pin is the one jax[tpu] 0.10.2 names). On a TPU VM install 'jax[tpu]' instead.
+        "tpu": ["libtpu==0.0.42.*"],
+        "test": ["pytest>=8", "torch==2.13.0", "mpmath", "libtpu==0.0.42.*"],
     },
 )

@@ -34,16 +34,25 @@ Batch: the paper's 1 pair × grad-accum 4 is one optimizer step on 4 pairs; here
 train.grad_accum=1, the same update (tests/train/test_step.py checks accumulation equals one big batch), split over
 up to 4 data shards. On 8 chips use --config.train.batch_size=8 or --config.mesh.shape='(1,4,2)'.
 
-Shape it is meant for: a 7-9B model, full fine-tuning with fp32 AdamW (≈ 16 bytes a parameter, 115-150 GB
-plus activations): a TPU v5p-8 slice (4 chips, 95 GB each, FSDP over all chips: mesh.shape (1,-1,1), the
-default) or at least two 80 GB GPUs; the 1.5B/3B ablations fit one 80 GB GPU. The dpo/ipo/hinge reference
-is precomputed before training (one forward pass over the data, cached in WORKDIR/reference). For example
+Shape it is meant for (docs/scaling.md, each compiled for the TPU with `python -m mlc_jax.compile`): the 7-9B
+models on a TPU v5p-8 slice (4 chips, 95 GiB each, FSDP over all chips: mesh.shape (1,-1,1), the default), bf16
+activations over fp32 master weights and AdamW, full remat, vocab_chunk = vocabulary / 8 (set here for non-tiny
+models): DPO+MLC takes 48.6 GiB a chip on Qwen2.5-7B, 50.8 on Llama-3.1-8B, 59.5 on Gemma-2-9B; the other bases
+with MLC 46.5-48.6 GiB, without it 33-35 GiB. Scale ablation: Qwen2.5-1.5B on a v5e-4 (4 × 16 GiB, 11.1 GiB a
+chip), Qwen2.5-3B on a v5e-8 with --config.mesh.shape='(1,4,2)' (10.3 GiB a chip). Llama-3.1-70B DPO+MLC on a
+v5p-64 (32 chips) with 4-way FSDP × 8-way tensor parallelism (59.5 GiB a chip):
+  python -m mlc_jax.train --config configs/mlc.py:model=llama3p1_70b,langs=mlc10 --config.mesh.shape='(1,4,8)' \
+    --config.model.hf_path=/ckpt/Llama-3.1-70B-Instruct --workdir $RUNS/mlc-llama70b
+GPUs: about the same bytes (≈ 16 a parameter plus activations), e.g. at least two 80 GB GPUs for 7-9B (not
+measured). The dpo/ipo/hinge reference is precomputed before training (one forward pass over the data, cached in
+WORKDIR/reference). For example
   python -m mlc_jax.train --config configs/mlc.py:model=llama3p1_8b,langs=mlc10 \
     --config.model.hf_path=/path/to/Llama-3.1-8B-Instruct --workdir $RUNS/mlc-llama8b
 `model=tiny` (or tiny_qwen2, tiny_qwen3, tiny_gemma2, tiny_gemma3) runs on a CPU in minutes. The data is the
 `mlc_pku_saferlhf/dpo` TFDS dataset, prepared on first use from `data.manual_dir` (../shared/data).
 """
 from mlc_jax.config import base_config, parse_arg
+from mlc_jax.models import PRESETS
 
 JSONL_DATA = "../shared/data/mlc/pku_saferlhf_safety_test.jsonl"
 
@@ -75,4 +84,5 @@ def get_config(arg=None):
     c.tokenizer = ""  # the checkpoint's own tokenizer (set model.hf_path)
     c.model.dtype = "bfloat16"
     c.model.remat = "full"
+    c.model.vocab_chunk = PRESETS[a["model"]].vocab_size // 8  # log-partition over 8 chunks (docs/scaling.md)
   return c

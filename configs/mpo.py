@@ -35,9 +35,12 @@ What the paper reports: on all three models MPO lowers the rate of unsafe respon
 while keeping the dominant language's safety and general multilingual utility (MT-Bench, M-MMLU, MGSM); the
 per-model numbers are in its tables, not in our notes.
 
-Shape it is meant for: an 8-9B model with fp32 AdamW needs about 16 bytes a parameter (≈ 130-150 GB) plus
-activations: a TPU v5p-8 slice (4 chips, 95 GB each) or a v5e-16, FSDP over all chips (mesh.shape (1,-1,1),
-the default); on GPUs at least 2 × 80 GB. $RUNS is a local disk or a gcsfuse mount (docs/training.md).
+Shape it is meant for (docs/scaling.md, compiled for the TPU with `python -m mlc_jax.compile`): a TPU v5p-8 slice
+(4 chips, 95 GiB each, FSDP over all chips: mesh.shape (1,-1,1), the default) with bf16 activations over fp32
+master weights and AdamW, full remat and vocab_chunk = vocabulary / 8 (set here): 49.2 GiB a chip for
+Llama-3.1-8B, 53.8 for Gemma-2-9B, 46.5 for Qwen2.5-7B; or a v5e-16 (16 × 16 GiB) with
+--config.mesh.shape='(1,8,2)' (Llama-3.1-8B: 14.5 GiB a chip, tight). On GPUs about 16 bytes a parameter plus
+activations: at least 2 × 80 GB (not measured). $RUNS is a local disk or a gcsfuse mount (docs/training.md).
 `model=tiny` runs the whole recipe on a CPU in under a minute (byte tokenizer, 128 + 128 tokens, 20 steps).
 
 Metrics (WORKDIR/metrics.jsonl): mpo_loss (L1), retention_loss (L2), reward_margin (β · target RG) and
@@ -45,6 +48,7 @@ dominant_gap (the frozen dominant RG) overall and per target language (`reward_m
 `mpo_loss/ko`, `reward_acc/ko`, …): training closes reward_margin/xx onto dominant_gap/xx.
 """
 from mlc_jax.config import base_config, parse_arg
+from mlc_jax.models import PRESETS
 
 # The paper's per-model hyper-parameters (official code).
 PAPER = {
@@ -81,4 +85,5 @@ def get_config(arg=None):
     c.tokenizer = ""  # the checkpoint's own tokenizer (set model.hf_path)
     c.model.dtype = "bfloat16"
     c.model.remat = "full"
+    c.model.vocab_chunk = PRESETS[a["model"]].vocab_size // 8  # log-partition over 8 chunks (docs/scaling.md)
   return c

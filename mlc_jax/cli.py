@@ -1,6 +1,8 @@
-"""The one way every `python -m mlc_jax.…` command ends: exit codes, and one line naming the problem."""
+"""What the command-line tools share: `--config.KEY=VALUE` overrides after the tool's own flags, and the one way every
+`python -m mlc_jax.…` command ends (exit codes, one line naming the problem). Imports no jax."""
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -18,3 +20,17 @@ def run(body: Callable[[], int | None], exit_codes: dict[type[BaseException], in
     code = next(c for types, c in codes.items() if isinstance(e, types))
     print(f"error: {e}", file=sys.stderr)
     return code
+
+
+def parse_with_overrides(parser: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, list[str]]:
+  """`parser.parse_known_args(argv)`, every unknown argument a `--config.KEY=VALUE` override (else `parser.error`).
+
+  Returns the parsed flags and the overrides as `KEY=VALUE` strings for `mlc_jax.config.apply_overrides`.
+  """
+  args, rest = parser.parse_known_args(argv)
+  overrides = []
+  for item in rest:
+    if not item.startswith("--config."):
+      parser.error(f"unrecognised argument {item!r} (overrides look like --config.KEY=VALUE)")
+    overrides.append(item[len("--config."):])
+  return args, overrides

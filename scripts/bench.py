@@ -120,9 +120,8 @@ class JaxSide:
     self.compile_s = None
 
   def step_flops(self, host_batch) -> float:
-    shapes = {k: v.shape for k, v in host_batch.items()}
-    flops = self.run.objective.step_flops(self.model_cfg, shapes, frozen_reference=False)
-    return flops + (self.mlc.step_flops(self.model_cfg, shapes) if self.mlc else 0.0)
+    from mlc_jax.train.step import step_flops
+    return step_flops(self.run, self.model_cfg, {k: v.shape for k, v in host_batch.items()}, mlc_share=1.0)
 
   def _one(self) -> float:
     import jax

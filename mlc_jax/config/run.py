@@ -88,10 +88,6 @@ class RunConfig:
     objective.check_run(run)
     return run
 
-  @property
-  def uses_reference(self) -> bool:
-    return bool(self.objective.reference_keys)
-
   def architecture(self) -> ModelConfig:
     """The model's architecture, with the MLC layer checked against it."""
     model_cfg = self.model.architecture()
@@ -99,12 +95,16 @@ class RunConfig:
       self.mlc.representation_layer(model_cfg)
     return model_cfg
 
-  def for_devices(self, num_devices: int) -> tuple[int, ...]:
-    """The resolved mesh shape; checks that the micro-batch splits over its data shards."""
+  def for_devices(self, num_devices: int, num_slices: int = 1) -> tuple[int, ...]:
+    """The resolved mesh shape; checks that the micro-batch splits over its data shards.
+
+    Over several slices `mesh.shape` is one slice's mesh and the data axis is multiplied by the slice count.
+    """
     try:
-      mesh_shape = resolve_mesh_shape(self.mesh.shape, num_devices, key="mesh.shape")
+      mesh_shape = resolve_mesh_shape(self.mesh.shape, num_devices // num_slices, key="mesh.shape")
     except ValueError as e:
-      raise ConfigError(str(e)) from e
+      raise ConfigError(str(e) + (f" (per slice, {num_slices} slices)" if num_slices > 1 else "")) from e
+    mesh_shape = (mesh_shape[0] * num_slices, *mesh_shape[1:])
     micro = self.train.batch_size // self.train.grad_accum
     data_shards = int(np.prod(mesh_shape[:2]))
     if micro % data_shards:
@@ -117,7 +117,7 @@ class RunConfig:
     return self.train.batch_size // self.train.grad_accum
 
 
-def validate(config, num_devices: int) -> tuple[RunConfig, ModelConfig, tuple[int, ...]]:
+def validate(config, num_devices: int, num_slices: int = 1) -> tuple[RunConfig, ModelConfig, tuple[int, ...]]:
   """Everything that can be checked without data: (run config, architecture, resolved mesh shape)."""
   run = RunConfig.parse(config)
-  return run, run.architecture(), run.for_devices(num_devices)
+  return run, run.architecture(), run.for_devices(num_devices, num_slices)

@@ -22,8 +22,8 @@ class ModelSection(Section):
   dtype: str = field("float32", "compute dtype of activations (bfloat16 on accelerators)", one_of(DTYPES))
   param_dtype: str = field("float32", "dtype of the master weights and the optimizer state", one_of(DTYPES))
   remat: str = field("none", "rematerialisation of each block in the backward pass", one_of(REMAT_POLICIES))
-  attention_impl: str = field("xla", "'xla' | 'dot_product' (jax.nn.dot_product_attention) | 'cudnn' (GPU, bf16)",
-                              one_of(ATTENTION_IMPLS))
+  attention_impl: str = field("xla", "'xla' | 'dot_product' (jax.nn.dot_product_attention) | 'cudnn' (GPU, bf16) | "
+                              "'splash' (Pallas kernel, TPU; lengths multiples of 128)", one_of(ATTENTION_IMPLS))
   vocab_chunk: int = field(0, "0 = whole-vocabulary log-probs; C = stream the log-partition over chunks of C",
                            non_negative())
 
@@ -135,7 +135,8 @@ class CheckpointSection(Section):
 
 @dataclasses.dataclass(frozen=True)
 class MeshSection(Section):
-  shape: tuple[int, ...] = field((1, -1, 1), f"devices along {MESH_AXES}; one -1 takes the rest")
+  shape: tuple[int, ...] = field((1, -1, 1), f"devices along {MESH_AXES}; one -1 takes the rest; over several TPU "
+                                 "slices the shape of one slice, the data axis then spanning the slices")
   rules: tuple = field(tuple(DEFAULT_RULES), "(logical axis, mesh axis or axes or None) pairs")
 
   def check(self, key):

@@ -14,6 +14,30 @@ def softcap(x: jax.Array, cap: float | None) -> jax.Array:
   return x if cap is None else cap * jnp.tanh(x / cap)
 
 
+@jax.custom_vjp
+def head_matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+  """`x @ w` `[M, D] @ [D, C]` accumulated and returned in float32, its backward in the inputs' dtype.
+
+  The float32 cotangent of the logits is cast to the dtype of `x` first, so in bf16 training all three matmuls of
+  the LM head run bf16 × bf16 (plain autodiff would make the two backward ones float32 × bf16). No-op for float32.
+  """
+  return jnp.matmul(x, w, preferred_element_type=jnp.float32)
+
+
+def _head_matmul_fwd(x, w):
+  return head_matmul(x, w), (x, w)
+
+
+def _head_matmul_bwd(residuals, g):
+  x, w = residuals
+  g = g.astype(x.dtype)
+  return (jnp.matmul(g, w.T, preferred_element_type=jnp.float32).astype(x.dtype),
+          jnp.matmul(x.T, g, preferred_element_type=jnp.float32).astype(w.dtype))
+
+
+head_matmul.defvjp(_head_matmul_fwd, _head_matmul_bwd)
+
+
 def token_logps(
     hidden: jax.Array,
     head: jax.Array,
@@ -33,7 +57,8 @@ def token_logps(
       V must be divisible by C (a ValueError otherwise; padding would copy the head every step).
     logit_softcap: c applies `c * tanh(logit / c)` to every logit (Gemma-2).
 
-  Logits are accumulated in float32 (`preferred_element_type`), whatever the input dtypes.
+  Logits are accumulated in float32 (`preferred_element_type`), whatever the input dtypes; their backward runs in
+  the dtype of `hidden` (`head_matmul`).
   """
   vocab = head.shape[1]
   # Target logits from the target columns of the head: [D, B, S] gathered, then a [B, S, D] dot.
@@ -44,7 +69,7 @@ def token_logps(
   def chunk_logsumexp(start: jax.Array | int, size: int) -> jax.Array:
     cols = jax.lax.dynamic_slice_in_dim(head, start, size, axis=1)
     # One 2-D matmul [B·S, D] @ [D, C]: cheaper on XLA:CPU than a 3-D einsum in the backward pass.
-    flat = jnp.matmul(hidden.reshape(-1, hidden.shape[-1]), cols, preferred_element_type=jnp.float32)
+    flat = head_matmul(hidden.reshape(-1, hidden.shape[-1]), cols)
     logits = softcap(flat.reshape(*hidden.shape[:-1], size), logit_softcap)
     return jax.nn.logsumexp(logits, axis=-1)
 
@@ -61,6 +86,18 @@ def token_logps(
     init = jnp.full(targets.shape, -jnp.inf, jnp.float32)
     log_z, _ = jax.lax.scan(step, init, jnp.arange(0, vocab, vocab_chunk))
   return target_logits - log_z
+
+
+def next_token_targets(ids: jax.Array, loss_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The token each position predicts and whether it is scored: `[B, T]` → `[B, T]` each, shifted left by one.
+
+  Position t predicts `ids[:, t + 1]` where `loss_mask[:, t + 1]`; the last position predicts nothing (target 0,
+  mask 0). Scoring all T positions instead of slicing the hidden states to T − 1 keeps the `[B·T, V]` ↔
+  `[B, T, V]` logits reshapes bitcasts on TPU when T is a multiple of 8 (T − 1 = 1023 made the TPU compiler copy
+  the whole float32 logits and not finish in minutes, DESIGN.md §6).
+  """
+  shift = lambda x: jnp.pad(x[:, 1:], ((0, 0), (0, 1)))
+  return shift(ids), shift(loss_mask)
 
 
 def sequence_logps(token_logps: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -22,6 +22,7 @@ from flax import nnx
 
 from mlc_jax.losses.logps import softcap, token_logps
 from mlc_jax.models import rope
+from mlc_jax.models.attention_kernels import splash_attention
 from mlc_jax.models.config import ModelConfig
 
 REMAT_POLICIES = {
@@ -33,8 +34,10 @@ REMAT_POLICIES = {
 # 'xla': our einsum attention, full [s, t] scores (masked, soft-capped). 'dot_product': jax.nn.dot_product_attention
 # (implementation=None, which jax 0.10 resolves to its XLA path) with `local_window_size` on sliding layers.
 # 'cudnn': the same with implementation='cudnn' (GPU, bf16/fp16, right padding only: padding is passed as
-# key_value_seq_lengths). Attention soft-capping (Gemma-2) is only in 'xla': the others fall back to it.
-ATTENTION_IMPLS = ("xla", "dot_product", "cudnn")
+# key_value_seq_lengths). 'splash': the Pallas splash attention kernel on TPU (mlc_jax.models.attention_kernels;
+# sequence lengths multiples of 128). Attention soft-capping (Gemma-2) is in 'xla' and 'splash': the others fall back
+# to 'xla'.
+ATTENTION_IMPLS = ("xla", "dot_product", "cudnn", "splash")
 
 ACTIVATIONS = {"silu": jax.nn.silu, "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True)}
 
@@ -154,7 +157,8 @@ class Attention(nnx.Module):
   def __init__(self, cfg: ModelConfig, *, param_dtype, rngs: nnx.Rngs, num_layers: int | None = None,
                attention_impl: str = "xla"):
     self.cfg = cfg
-    self.attention_impl = "xla" if cfg.attn_logit_softcap is not None else attention_impl
+    softcap_fallback = cfg.attn_logit_softcap is not None and attention_impl != "splash"
+    self.attention_impl = "xla" if softcap_fallback else attention_impl
     d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     self.q_proj = _param(rngs, (d, n, h), ("embed", "q_heads", "head_dim"), param_dtype, num_layers)
     self.k_proj = _param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), param_dtype, num_layers)
@@ -198,8 +202,12 @@ class Attention(nnx.Module):
         mask_bst = jnp.where(is_sliding, inputs.sliding_mask_bst, mask_bst)
       return xla_attention(q_bsnh, k_btkh, v_btkh, mask_bst, scale=cfg.attention_scale,
                            cap=cfg.attn_logit_softcap)
-    run = functools.partial(fused_attention, q_bsnh, k_btkh, v_btkh, inputs.key_mask_bt, scale=cfg.attention_scale,
-                            implementation="cudnn" if self.attention_impl == "cudnn" else None)
+    if self.attention_impl == "splash":
+      run = functools.partial(splash_attention, q_bsnh, k_btkh, v_btkh, inputs.key_mask_bt, scale=cfg.attention_scale,
+                              cap=cfg.attn_logit_softcap)
+    else:
+      run = functools.partial(fused_attention, q_bsnh, k_btkh, v_btkh, inputs.key_mask_bt, scale=cfg.attention_scale,
+                              implementation="cudnn" if self.attention_impl == "cudnn" else None)
     if not windowed:
       return run(window=None)
     # Both variants are compiled into the one block; only the layer's own runs.
@@ -258,8 +266,8 @@ class Decoder(nnx.Module):
     dtype: compute dtype of activations (bf16 on accelerators); parameters are cast to it at use.
     param_dtype: storage dtype of the parameters (master weights).
     remat: rematerialisation of each block in the backward pass: 'none', 'full' or 'dots'.
-    attention_impl: 'xla' (default), 'dot_product' or 'cudnn'; see ATTENTION_IMPLS. Soft-capped attention
-      (Gemma-2) always runs 'xla'.
+    attention_impl: 'xla' (default), 'dot_product', 'cudnn' or 'splash'; see ATTENTION_IMPLS. Soft-capped
+      attention (Gemma-2) runs 'xla' unless 'splash'.
     vocab_chunk: how `token_logps` computes the log-partition: None over the whole vocabulary at once, C
       streamed over chunks of C columns (never a float32 `[b, s, v]` array; C must divide the vocabulary).
   """
@@ -295,8 +303,12 @@ class Decoder(nnx.Module):
     return softcap(logits_bsv, self.cfg.final_logit_softcap)
 
   def token_logps(self, hidden_bsd, targets_bs) -> jax.Array:
-    """`log p(targets[b, s] | hidden[b, s])` `[b, s]` float32 (chunked over the vocabulary with `vocab_chunk`)."""
-    return token_logps(hidden_bsd, self.unembedding(), targets_bs, vocab_chunk=self.vocab_chunk,
+    """`log p(targets[b, s] | hidden[b, s])` `[b, s]` float32 (chunked over the vocabulary with `vocab_chunk`).
+
+    The head is cast to the compute dtype, as in `logits`: a bf16 matmul accumulated in float32.
+    """
+    head_dv = self.unembedding().astype(hidden_bsd.dtype)
+    return token_logps(hidden_bsd, head_dv, targets_bs, vocab_chunk=self.vocab_chunk,
                        logit_softcap=self.cfg.final_logit_softcap)
 
   def hidden_states(self, input_ids, attention_mask=None, *, positions=None, num_blocks: int | None = None,

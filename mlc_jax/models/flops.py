@@ -1,34 +1,36 @@
-"""Analytic matmul FLOPs of the decoder (1 multiply-add = 2 FLOPs; elementwise work is not counted).
+"""Model FLOPs of the decoder, analytically from its `ModelConfig` (a multiply-add counts 2).
 
-XLA's `cost_analysis()` counts the body of the layer scan once, not once per layer: these formulas are the figures
-MFU and the ahead-of-time compiler report, and XLA's only a check.
+XLA's `cost_analysis()` counts the body of the layer scan once, not once per layer, so step FLOPs (the AOT report,
+MFU in metrics.jsonl, the benchmarks) come from here; each objective adds up its own (`Objective.step_flops`).
+Counted: every matmul of the blocks, the attention scores and values (causal: query i sees i + 1 keys, at most
+`sliding_window` on sliding layers; or the full `seq_len × seq_len` matrix the 'xla' attention computes, with
+`full_attention`) and the LM head where it runs. Not counted: norms, RoPE, softmax and other elementwise work, and
+rematerialisation (model FLOPs, not hardware FLOPs).
 """
 from __future__ import annotations
 
 from mlc_jax.models.config import ModelConfig
 
 
-def layer_weight_params(cfg: ModelConfig) -> int:
-  """Weights one block multiplies each token by: the q/k/v/o projections and the gated MLP."""
-  d, h = cfg.hidden_size, cfg.head_dim
-  return d * h * (2 * cfg.num_heads + 2 * cfg.num_kv_heads) + 3 * d * cfg.intermediate_size
+def _attended_keys(seq_len: int, window: int | None) -> int:
+  """Σ over queries i < seq_len of the keys each sees: min(i + 1, window)."""
+  if window is None or window >= seq_len:
+    return seq_len * (seq_len + 1) // 2
+  return window * (window + 1) // 2 + (seq_len - window) * window
 
 
-def block_flops(cfg: ModelConfig, *, sequences: int, seq_len: int, num_blocks: int | None = None) -> float:
-  """A forward pass of `sequences` rows of `seq_len` tokens through `num_blocks` blocks (all by default).
-
-  Per token and block: 2 · the block's weights, plus 4 · seq_len · heads · head_dim for QKᵀ and PV over the full
-  `seq_len × seq_len` score matrix (what the 'xla' attention computes).
-  """
-  blocks = cfg.num_layers if num_blocks is None else num_blocks
-  return sequences * seq_len * blocks * (2 * layer_weight_params(cfg) + 4 * seq_len * cfg.num_heads * cfg.head_dim)
-
-
-def head_flops(cfg: ModelConfig, *, positions: int) -> float:
-  """The LM head (hidden → vocabulary) at `positions` positions."""
-  return positions * 2 * cfg.hidden_size * cfg.vocab_size
+def forward_flops(cfg: ModelConfig, seq_len: int, *, num_blocks: int | None = None, head_positions: int = 0,
+                  full_attention: bool = False) -> int:
+  """FLOPs of one forward pass over one sequence of `seq_len` tokens through `num_blocks` blocks (default all),
+  with the `[hidden, vocab]` LM head at `head_positions` of its positions."""
+  d, h, n, k = cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
+  per_token = 2 * d * h * (2 * n + 2 * k) + 2 * 3 * d * cfg.intermediate_size  # q k v o projections, gated MLP
+  sliding = cfg.sliding_layers[:cfg.num_layers if num_blocks is None else num_blocks]
+  keys = lambda s: seq_len * seq_len if full_attention else _attended_keys(seq_len, cfg.sliding_window if s else None)
+  attention = sum(4 * n * h * keys(s) for s in sliding)
+  return len(sliding) * per_token * seq_len + attention + 2 * d * cfg.vocab_size * head_positions
 
 
 def training_flops(forward: float) -> float:
-  """Forward + backward (twice the forward: gradients of the activations and of the weights)."""
+  """Forward and backward: 3 × the forward (the backward computes gradients of activations and of weights)."""
   return 3.0 * forward

@@ -83,8 +83,10 @@ def sequence_stats(model: Decoder, batch, sides: tuple[str, ...], *, logps_of: t
   out = {}
   if logps_of:
     n = len(logps_of) * b
-    token = model.token_logps(hidden[:n, :-1], ids[:n, 1:])
-    summed, mean, _ = logps.sequence_logps(token, cat("loss_mask", logps_of)[:, 1:])
+    # Every position scores the next token, the last one masked out: no `hidden[:, :-1]` slice, whose
+    # T − 1 positions make the TPU compiler copy the float32 logits (see logps.next_token_targets).
+    targets, target_mask = logps.next_token_targets(ids[:n], cat("loss_mask", logps_of))
+    summed, mean, _ = logps.sequence_logps(model.token_logps(hidden[:n], targets), target_mask)
     for side in logps_of:
       out[f"{side}_sum"], out[f"{side}_mean"] = rows(summed, side), rows(mean, side)
   for side in pool_of:
@@ -120,6 +122,11 @@ class Objective(Section):
     """File-name prefix of the precomputed reference values in WORKDIR/reference."""
     return "ref_logps"
 
+  def live_reference(self, run) -> bool:
+    """Whether the frozen initial model runs in every step (a copy in the train state) rather than never, or once
+    before training for cached values: `reference=frozen_copy` with reference values to compute."""
+    return bool(self.reference_keys) and run.reference == "frozen_copy"
+
   def check_run(self, run) -> None:
     """Checks against the rest of the run's config (`mlc_jax.config.run.RunConfig`); raise `ConfigError`."""
 
@@ -136,15 +143,10 @@ class Objective(Section):
     raise NotImplementedError
 
   def step_flops(self, model_cfg: ModelConfig, shapes: dict[str, tuple[int, ...]], *, frozen_reference: bool) -> float:
-    """Analytic FLOPs of the training forward and backward on a batch whose arrays have `shapes` (`[B, T]` per side),
-    plus the frozen reference's forward when it runs live."""
+    """Analytic model FLOPs of its forward and backward on a batch whose arrays have `shapes` (`[B, T]` per side;
+    the LM head scores every position of its `logp_sides`), plus the frozen reference's forward when it runs live."""
     b, t = shapes[f"{self.sides[0]}_ids"]
-
-    def forward(sides, logp_sides):
-      return (flops.block_flops(model_cfg, sequences=b * len(sides), seq_len=t)
-              + flops.head_flops(model_cfg, positions=b * len(logp_sides) * (t - 1)))
-
-    out = flops.training_flops(forward(self.sides, self.logp_sides))
-    if frozen_reference and self.reference_keys:
-      out += forward(self.reference_sides, self.reference_sides)
-    return out
+    head = flops.forward_flops(model_cfg, t, num_blocks=0, head_positions=t)
+    forward = len(self.sides) * flops.forward_flops(model_cfg, t) + len(self.logp_sides) * head
+    frozen = len(self.reference_sides) * (flops.forward_flops(model_cfg, t) + head) if frozen_reference else 0
+    return b * (flops.training_flops(forward) + frozen)

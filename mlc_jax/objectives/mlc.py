@@ -70,13 +70,13 @@ class Mlc(Section):
     return self.weight * loss, dict(mlc_loss=loss, sigma1_share=share, mlc_applied=apply.astype(jnp.float32))
 
   def step_flops(self, model_cfg: ModelConfig, shapes: dict[str, tuple[int, ...]]) -> float:
-    """Analytic FLOPs of the term (forward and backward) on prompt variants `[B, L, P]`: the blocks up to the
+    """Analytic model FLOPs of the term (forward and backward) on prompt variants `[B, L, P]`: the blocks up to the
     representation layer and the extractor at one position per variant."""
     b, num_langs, p = shapes["prompt_ids"]
-    blocks = min(self.representation_layer(model_cfg), model_cfg.num_layers)
-    forward = (flops.block_flops(model_cfg, sequences=b * num_langs, seq_len=p, num_blocks=blocks)
-               + 2 * b * num_langs * model_cfg.hidden_size * self.extractor_dim)
-    return flops.training_flops(forward)
+    forward = (flops.forward_flops(model_cfg, p, num_blocks=min(self.representation_layer(model_cfg),
+                                                                 model_cfg.num_layers))
+               + 2 * model_cfg.hidden_size * self.extractor_dim)
+    return b * num_langs * flops.training_flops(forward)
 
   def metadata(self, model_cfg: ModelConfig) -> dict:
     """What a user of an exported extractor needs to compute the representation."""

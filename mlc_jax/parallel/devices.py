@@ -1,13 +1,14 @@
-"""What the accelerators can do: peak dense bf16 FLOP/s per chip, by JAX `device_kind` (the vendors' figures)."""
+"""What the accelerators can do: peak dense bf16 FLOP/s per chip, by JAX `device_kind` (the vendors' figures).
+
+TPUs come from their generation table (`mlc_jax.parallel.tpu`); NVIDIA GPUs are listed here.
+"""
 from __future__ import annotations
+
+from mlc_jax.parallel.tpu import GENERATIONS
 
 # Matched as prefixes of `jax.devices()[0].device_kind`, longest first.
 PEAK_BF16_FLOPS = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,  # v5e
-    "TPU v5p": 459e12,
-    "TPU v5": 459e12,
-    "TPU v6 lite": 918e12,  # v6e (Trillium)
+    **{g.device_kind: g.peak_bf16_flops for g in GENERATIONS.values()},
     "NVIDIA H200": 989e12,
     "NVIDIA H100": 989e12,
     "NVIDIA A100": 312e12,

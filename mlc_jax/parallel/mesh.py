@@ -1,10 +1,15 @@
-"""Device mesh with axes ('data', 'fsdp', 'tensor') whose shape comes from the config."""
+"""Device mesh with axes ('data', 'fsdp', 'tensor') whose shape comes from the config.
+
+Over several TPU slices (multi-slice, DCN between them) the data axis spans the slices: a mesh of shape
+`(S·d, f, t)` over S slices is S slices of `(d, f, t)` each, so FSDP and tensor traffic stays within a slice.
+"""
 from __future__ import annotations
 
 from typing import Sequence
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh
 
 from mlc_jax.parallel.sharding import MESH_AXES
@@ -27,8 +32,24 @@ def resolve_mesh_shape(shape: Sequence[int], num_devices: int, *, key: str = "me
   return shape
 
 
+def num_slices(devices) -> int:
+  """How many TPU slices `devices` span (1 off TPU)."""
+  return len({getattr(d, "slice_index", 0) for d in devices})
+
+
 def make_mesh(shape: Sequence[int] = (1, -1, 1), devices=None) -> Mesh:
-  """A mesh over `devices` (default: all) with GSPMD-propagated ('auto') axes data, fsdp, tensor."""
+  """A mesh over `devices` (default: all) with GSPMD-propagated ('auto') axes data, fsdp, tensor.
+
+  When the devices span several slices, the data axis (a multiple of their count) is split over them.
+  """
   devices = jax.devices() if devices is None else devices
   shape = resolve_mesh_shape(shape, len(devices))
-  return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+  axis_types = (AxisType.Auto,) * len(MESH_AXES)
+  slices = num_slices(devices)
+  if slices == 1:
+    return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
+  if shape[0] % slices:
+    raise ValueError(f"mesh shape {shape}: the data axis {shape[0]} must be a multiple of the {slices} slices")
+  per_slice = (shape[0] // slices, *shape[1:])
+  grid = mesh_utils.create_hybrid_device_mesh(per_slice, (slices, 1, 1), devices)
+  return Mesh(grid, MESH_AXES, axis_types=axis_types)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mlc_jax.cli import parse_with_overrides
+
 
 def parse_args(argv):
   parser = argparse.ArgumentParser(prog="python -m mlc_jax.train", description=__doc__.splitlines()[0])
@@ -22,13 +24,7 @@ def parse_args(argv):
                       help="resume from this checkpoint step (default: the newest one that restores)")
   parser.add_argument("--multihost", action="store_true",
                       help="call jax.distributed.initialize() first (TPU pod slices, multi-node GPU)")
-  args, rest = parser.parse_known_args(argv)
-  overrides = []
-  for item in rest:
-    if not item.startswith("--config."):
-      parser.error(f"unrecognised argument {item!r} (overrides look like --config.KEY=VALUE)")
-    overrides.append(item[len("--config."):])
-  return args, overrides
+  return parse_with_overrides(parser, argv)
 
 
 def main(argv=None, *, on_step=None) -> int:

@@ -142,7 +142,7 @@ def abstract_train_state(run, model_cfg: ModelConfig, mesh: Mesh, total_steps: i
   abstract_opt = jax.eval_shape(optimizer.init, params)
   opt_state = _with_shardings(abstract_opt, _opt_state_shardings(abstract_opt, param_shardings, mesh))
   replicated = NamedSharding(mesh, PartitionSpec())
-  frozen_copy = run.reference == "frozen_copy" and run.uses_reference
+  frozen_copy = run.objective.live_reference(run)
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated), params=params,
                         opt_state=opt_state, ref_params=params["model"] if frozen_copy else None)
   return TrainStateSpec(abstract, model_cfg, policy_def, optimizer, learning_rate_schedule(run.optim, total_steps))

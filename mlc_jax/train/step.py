@@ -6,6 +6,8 @@ precomputed, `ref_<key>` `[B]` or `[B, …]` for each of the objective's `refere
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -71,12 +73,10 @@ def loss_fn(policy, ref_model, batch, apply_mlc, objective: Objective, mlc: Mlc 
     num_languages: the number of pair languages `batch['pair_language']` indexes (0: no per-language metrics).
   """
   outputs = objective.outputs(policy.model, batch)
-  reference = None
-  if objective.reference_keys:
-    if ref_model is None:
-      reference = {k: batch[f"ref_{k}"] for k in objective.reference_keys}
-    else:
-      reference = jax.lax.stop_gradient(objective.reference_outputs(ref_model, batch))
+  if ref_model is not None:
+    reference = jax.lax.stop_gradient(objective.reference_outputs(ref_model, batch))
+  else:
+    reference = {k: batch[f"ref_{k}"] for k in objective.reference_keys} if objective.reference_keys else None
   terms = objective.loss(outputs, reference)
   loss = terms.losses.mean() + terms.extra_loss
   per_example = {f"{objective.name}_loss": terms.losses, **terms.per_example}
@@ -94,6 +94,22 @@ def loss_fn(policy, ref_model, batch, apply_mlc, objective: Objective, mlc: Mlc 
     metrics.update(mlc_metrics)
   metrics["loss"] = loss
   return loss, metrics
+
+
+def step_flops(run, model_cfg, shapes: dict[str, tuple[int, ...]], *, mlc_share: float) -> float:
+  """Analytic model FLOPs of one step of `run` on a batch of `shapes` (`{key: [B, …]}`): the objective's, and the MLC
+  term's weighted by `mlc_share` (1 on a step that runs it, `1 / mlc.aux_every` on average)."""
+  total = run.objective.step_flops(model_cfg, shapes, frozen_reference=run.objective.live_reference(run))
+  return total + (mlc_share * run.mlc.step_flops(model_cfg, shapes) if run.mlc.enabled else 0.0)
+
+
+def _under_mesh(fn, mesh: Mesh):
+  """`fn` traced with `mesh` as the abstract mesh: what kernels wrapped in `shard_map` (splash attention) read."""
+  @functools.wraps(fn)
+  def traced(*args):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args)
+  return traced
 
 
 def make_train_step(spec: TrainStateSpec, objective: Objective, mlc: Mlc | None, *, mesh: Mesh,
@@ -130,7 +146,7 @@ def make_train_step(spec: TrainStateSpec, objective: Objective, mlc: Mlc | None,
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   replicated = NamedSharding(mesh, PartitionSpec())
-  return jax.jit(train_step, in_shardings=(spec.shardings, batch_sharding(mesh, accumulated=True)),
+  return jax.jit(_under_mesh(train_step, mesh), in_shardings=(spec.shardings, batch_sharding(mesh, accumulated=True)),
                  out_shardings=(spec.shardings, replicated), donate_argnums=0)
 
 
@@ -143,5 +159,6 @@ def make_reference_fn(spec: TrainStateSpec, objective: Objective, mesh: Mesh):
     return objective.reference_outputs(spec.policy_def.merge_model(model_params), batch)
 
   replicated = NamedSharding(mesh, PartitionSpec())
-  return jax.jit(fn, in_shardings=(spec.shardings.params["model"], batch_sharding(mesh, accumulated=False)),
+  return jax.jit(_under_mesh(fn, mesh),
+                 in_shardings=(spec.shardings.params["model"], batch_sharding(mesh, accumulated=False)),
                  out_shardings=replicated)

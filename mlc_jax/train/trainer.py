@@ -22,13 +22,13 @@ from mlc_jax.data.languages import resolve_languages
 from mlc_jax.data.tokenizer import load_tokenizer
 from mlc_jax.models.hf_io import check_weights
 from mlc_jax.parallel import devices
-from mlc_jax.parallel.mesh import make_mesh
+from mlc_jax.parallel.mesh import make_mesh, num_slices
 from mlc_jax.train import checkpointing
 from mlc_jax.train import workdir as workdir_lib
 from mlc_jax.train.metrics import MetricsWriter
 from mlc_jax.train.reference import precompute
 from mlc_jax.train.state import TrainState, abstract_train_state, init_train_state, initial_model_params
-from mlc_jax.train.step import device_batch, make_reference_fn, make_train_step
+from mlc_jax.train.step import device_batch, make_reference_fn, make_train_step, step_flops
 from mlc_jax.train.watchdog import StepWatchdog
 
 # Called after every completed step with (step, state); the tests install one to inject faults.
@@ -57,7 +57,7 @@ class Prepared:
 
 def prepare(config: ml_collections.ConfigDict, workdir: str, *, allow_config_change: bool = False) -> Prepared:
   """Validates the config, the data and the workdir; raises `ConfigError` naming the key. Writes nothing."""
-  run, model_cfg, mesh_shape = validate(config, jax.device_count())
+  run, model_cfg, mesh_shape = validate(config, jax.device_count(), num_slices(jax.devices()))
   try:
     tokenizer = load_tokenizer(run.tokenizer or run.model.hf_path or None)
   except (OSError, ValueError) as e:
@@ -151,7 +151,8 @@ def _train(prepared: Prepared, config, workdir: str, restore_step: int | None, o
       while step < prepared.total_steps:
         host_batch = next(iterator)
         tokens = tokenized.total_tokens(host_batch)
-        step_flops = _step_flops(run, prepared.model_cfg, host_batch, step)
+        flops = step_flops(run, prepared.model_cfg, {k: v.shape for k, v in host_batch.items()},
+                           mlc_share=float(step % run.mlc.aux_every == 0))
         batch = device_batch(host_batch, mesh, grad_accum=run.train.grad_accum, reference=reference)
         watchdog.started(step + 1)
         start = time.perf_counter()
@@ -164,7 +165,7 @@ def _train(prepared: Prepared, config, workdir: str, restore_step: int | None, o
           parts = ", ".join(f"{k} {v}" for k, v in metrics.items() if k.endswith("_loss"))
           raise NonFiniteLoss(f"step {step}: the loss is {metrics['loss']} ({parts}); stopping without saving "
                               f"this state; {_last_checkpoint(ckpt, workdir)}")
-        logged = writer.add(step, metrics, tokens=tokens, seconds=elapsed, flops=step_flops)
+        logged = writer.add(step, metrics, tokens=tokens, seconds=elapsed, flops=flops)
         if logged:
           bar.set_postfix({k: f"{logged[k]:.4g}" for k in ("loss", "reward_acc", "tokens_per_s") if k in logged})
         bar.update(1)
@@ -188,15 +189,6 @@ def _train(prepared: Prepared, config, workdir: str, restore_step: int | None, o
 def _last_checkpoint(ckpt, workdir: str) -> str:
   latest = ckpt.latest_step()
   return f"no checkpoint in {workdir} yet" if latest is None else f"the last checkpoint is step {latest} in {workdir}"
-
-
-def _step_flops(run: RunConfig, model_cfg, host_batch: dict, step: int) -> float:
-  """Analytic model FLOPs of the step that starts at `step` on `host_batch` (the objective's, plus MLC's)."""
-  shapes = {k: v.shape for k, v in host_batch.items()}
-  total = run.objective.step_flops(model_cfg, shapes, frozen_reference=run.reference == "frozen_copy")
-  if run.mlc.enabled and step % run.mlc.aux_every == 0:
-    total += run.mlc.step_flops(model_cfg, shapes)
-  return total
 
 
 def _model_identity(run: RunConfig, model_cfg) -> dict:

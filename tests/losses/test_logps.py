@@ -117,3 +117,27 @@ def test_sequence_logps_matches_numpy():
   assert mean[2] == 0.0 and summed[2] == 0.0
   grad = jax.grad(lambda x: logps.sequence_logps(x, jnp.asarray(mask, jnp.int32))[1].sum())(jnp.asarray(lp))
   np.testing.assert_allclose(grad, mask / np.maximum(mask.sum(-1, keepdims=True), 1))
+
+
+@pytest.mark.parametrize("vocab_chunk", [None, 16])
+def test_next_token_targets_give_the_log_probs_of_the_one_token_shift(vocab_chunk):
+  """All T positions scored, the last masked out, equal the `hidden[:, :-1]` / `targets[:, 1:]` slices (and grads)."""
+  hidden, head, ids, mask = logps_case(logit_scale=10.0)
+  mask[1, 0] = True  # a response token at position 0 cannot be predicted: dropped both ways
+  targets, target_mask = logps.next_token_targets(jnp.asarray(ids), jnp.asarray(mask, jnp.int32))
+  np.testing.assert_array_equal(targets[:, :-1], ids[:, 1:])
+  np.testing.assert_array_equal(target_mask, np.pad(mask[:, 1:], ((0, 0), (0, 1))))
+
+  def shifted(h, w):
+    return logps.sequence_logps(logps.token_logps(h, w, targets, vocab_chunk=vocab_chunk), target_mask)[:2]
+
+  def sliced(h, w):
+    return logps.sequence_logps(logps.token_logps(h[:, :-1], w, jnp.asarray(ids[:, 1:]), vocab_chunk=vocab_chunk),
+                                jnp.asarray(mask[:, 1:]))[:2]
+
+  args = (jnp.asarray(hidden), jnp.asarray(head))
+  for a, b in zip(shifted(*args), sliced(*args)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+  total = lambda f: lambda h, w: sum(x.sum() for x in f(h, w))
+  for a, b in zip(jax.grad(total(shifted), (0, 1))(*args), jax.grad(total(sliced), (0, 1))(*args)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -11,7 +11,7 @@ from mlc_jax.config import ConfigError, RunConfig, base_config, field
 from mlc_jax.config.fields import positive
 from mlc_jax.data import pipeline
 from mlc_jax.data.datasets import PREFERENCE_PAIRS
-from mlc_jax.objectives import OBJECTIVES, LossTerms, Objective, register
+from mlc_jax.objectives import OBJECTIVES, LossTerms, Objective, register, sequence_stats
 from mlc_jax.parallel.mesh import make_mesh
 from mlc_jax.train import trainer
 from mlc_jax.train.step import device_batch
@@ -112,3 +112,16 @@ def test_an_objective_defined_outside_the_package_trains(toy_objective, tmp_path
   first = records[0]
   np.testing.assert_allclose(first["toy_margin_loss"], max(0.0, 3.0 - first["reward_margin"]), rtol=1e-5)
   np.testing.assert_allclose(first["loss"], first["toy_margin_loss"] + 0.8 * first["mlc_loss"], rtol=1e-5)
+def test_sequence_stats_equal_full_logits_log_probs():
+  """The policy's summed and mean response log-probs equal float64 NumPy on the model's full logits."""
+  config = small_config("mlc.enabled=False")
+  mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  _, spec, state = setup(config, mesh)
+  model = spec.policy_def.merge_model(state.params["model"])
+  batch = next(pipeline.batch_iterator(tokenized_builtin(config), config.train.batch_size, seed=0))
+  stats = sequence_stats(model, batch, ("chosen", "rejected"), logps_of=("chosen", "rejected"))
+  for side in ("chosen", "rejected"):
+    summed, mean = numpy_logps(model(batch[f"{side}_ids"], batch[f"{side}_mask"]), batch[f"{side}_ids"],
+                               batch[f"{side}_loss_mask"])
+    np.testing.assert_allclose(stats[f"{side}_sum"], summed, rtol=1e-5)
+    np.testing.assert_allclose(stats[f"{side}_mean"], mean, rtol=1e-5)
