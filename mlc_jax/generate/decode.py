@@ -130,7 +130,7 @@ def bucket_length(length: int, buckets: Sequence[int] | None = None) -> int:
 
 def cache_shardings(cfg, batch: int, slots: int, mesh: Mesh, rules=sharding_lib.DEFAULT_RULES) -> KVCache:
   """`NamedSharding`s of a cache (rows over the batch axes, kv heads over `tensor`, by the logical-axis rules)."""
-  kv_shape = (cfg.num_layers, batch, slots, cfg.num_kv_heads, cfg.head_dim)
+  kv_shape = (cfg.num_layers, batch, cfg.num_kv_heads, slots, cfg.head_dim)
   kv = sharding_lib.named_sharding(CACHE_KV_AXES, kv_shape, mesh, rules)
   positions = sharding_lib.named_sharding(CACHE_POSITION_AXES, (batch, slots), mesh, rules)
   return KVCache(kv, kv, positions, NamedSharding(mesh, PartitionSpec()))

@@ -9,7 +9,7 @@ leading `layers` axis and applied with `jax.lax.scan`, so a model compiles once 
 Per-layer differences (sliding window or not, which RoPE table) are a `[layers]` bool scanned beside the
 parameters; the tables and masks of both kinds are built once, outside the scan.
 
-KV cache (`Decoder.init_cache`, `Decoder.decode`): `KVCache.k` and `.v` are `[l, b, t, k, h]` — stacked along the
+KV cache (`Decoder.init_cache`, `Decoder.decode`): `KVCache.k` and `.v` are `[l, b, k, t, h]` — stacked along the
 leading `layers` axis like the block parameters and carried through the same layer scan — in the compute dtype,
 with `t` slots per row; `.positions` `[b, t]` int32 holds each slot's RoPE position (`EMPTY` for a slot not written
 yet or holding padding) and `.index` the next slot to write, the same for every row. Masks come from positions,
@@ -122,14 +122,14 @@ class AttentionInputs(NamedTuple):
 
 EMPTY = np.iinfo(np.int32).max  # KVCache.positions of a slot that holds no token (never attended)
 # Logical axes of KVCache.k / .v (the slot axis is never sharded) and of KVCache.positions.
-CACHE_KV_AXES = ("layers", "batch", None, "kv_heads", "head_dim")
+CACHE_KV_AXES = ("layers", "batch", "kv_heads", None, "head_dim")
 CACHE_POSITION_AXES = ("batch", None)
 
 
 class KVCache(NamedTuple):
   """Every layer's keys and values for `t` slots per row (layout and memory: the module docstring).
 
-  k, v: `[l, b, t, k, h]` in the compute dtype.
+  k, v: `[l, b, k, t, h]` in the compute dtype.
   positions: `[b, t]` int32, the RoPE position of each slot's token; `EMPTY` where none (unwritten or padding).
   index: int32 scalar, the next slot to write (rows fill their slots in lockstep).
   """
@@ -141,9 +141,14 @@ class KVCache(NamedTuple):
 
   def write(self, layer, k_bskh, v_bskh) -> "KVCache":
     """Writes one layer's keys and values of `s` new tokens at slots `index … index + s - 1` (in place)."""
-    start = (layer, 0, self.index, 0, 0)
-    return self._replace(k=jax.lax.dynamic_update_slice(self.k, k_bskh[None].astype(self.k.dtype), start),
-                         v=jax.lax.dynamic_update_slice(self.v, v_bskh[None].astype(self.v.dtype), start))
+    start = (layer, 0, 0, self.index, 0)
+    update = lambda cache, x_bskh: jax.lax.dynamic_update_slice(cache, x_bskh.swapaxes(1, 2)[None].astype(cache.dtype),
+                                                                start)
+    return self._replace(k=update(self.k, k_bskh), v=update(self.v, v_bskh))
+
+  def layer(self, layer) -> tuple[jax.Array, jax.Array]:
+    """One layer's keys and values as `[b, t, k, h]`."""
+    return self.k[layer].swapaxes(1, 2), self.v[layer].swapaxes(1, 2)
 
 
 def xla_attention(q_bsnh, k_btkh, v_btkh, mask_bst, *, scale: float, softcap: float | None = None):
@@ -229,7 +234,7 @@ class Attention(nnx.Module):
     k_btkh = rope.apply_rotary(k_btkh, cos, sin)
     if cache is not None:
       cache = cache.write(layer, k_btkh, v_btkh)
-      k_btkh, v_btkh = cache.k[layer], cache.v[layer]
+      k_btkh, v_btkh = cache.layer(layer)
     out_bsnh = self._attend(q_bsnh, k_btkh, v_btkh, inputs, is_sliding, cached=cache is not None)
     return project(out_bsnh, self.o_proj[...].astype(dtype), in_dims=2), cache
 
@@ -420,7 +425,7 @@ class Decoder(nnx.Module):
   def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
     """An empty `KVCache` of `max_len` slots for `batch` rows (dtype: the compute dtype by default)."""
     cfg = self.cfg
-    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
     dtype = self.dtype if dtype is None else dtype
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.full((batch, max_len), EMPTY, jnp.int32),
                    jnp.zeros((), jnp.int32))
