@@ -154,11 +154,13 @@ def prepare(model: Decoder, mesh: Mesh | None = None, rules=sharding_lib.DEFAULT
 
 
 def new_cache(prepared: Prepared, batch: int, slots: int) -> KVCache:
-  """An empty cache, created sharded on the prepared mesh."""
+  """A zeroed cache (`sample` resets it), each array allocated in place on the prepared mesh."""
   model = nnx.merge(prepared.graphdef, prepared.params)
-  shardings = None if prepared.mesh is None else cache_shardings(model.cfg, batch, slots, prepared.mesh,
-                                                                 prepared.rules)
-  return jax.jit(lambda: model.init_cache(batch, slots), out_shardings=shardings)()
+  abstract = jax.eval_shape(lambda: model.init_cache(batch, slots))
+  if prepared.mesh is None:
+    return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract)
+  shardings = cache_shardings(model.cfg, batch, slots, prepared.mesh, prepared.rules)
+  return jax.tree.map(lambda a, s: jnp.zeros(a.shape, a.dtype, device=s), abstract, shardings)
 
 
 def run(prepared: Prepared, prompt_ids: np.ndarray, prompt_mask: np.ndarray, keys, settings: SamplingSettings,
