@@ -10,6 +10,9 @@ happens in an untimed warm-up call). Medians over rounds; the CPU share used by 
 timed call is printed, and the tokens of both sides are compared.
 
   .venv/bin/python scripts/bench_generate.py [--rounds 5] [--batches 1,16] [--new_tokens 128] [--json OUT]
+
+`--ours_dtype bfloat16` runs our side on the same weights rounded to bf16 (parameters and compute), against
+transformers in fp32: not the same setting (its tokens drift from fp32's), reported apart.
 """
 from __future__ import annotations
 
@@ -77,6 +80,7 @@ def main():
   p.add_argument("--batches", default="1,16")
   p.add_argument("--new_tokens", type=int, default=128)
   p.add_argument("--wait_idle", type=float, default=0.0, help="first wait up to S seconds for an idle machine")
+  p.add_argument("--ours_dtype", choices=("float32", "bfloat16"), default="float32")
   p.add_argument("--json", default=None)
   p.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
   args = p.parse_args()
@@ -84,6 +88,8 @@ def main():
     return worker(args.worker[0], args.worker[1], int(args.worker[2]))
 
   import jax
+  import jax.numpy as jnp
+  from flax import nnx
 
   from mlc_jax.generate import generate
   from mlc_jax.models import init_model, save_hf
@@ -93,6 +99,10 @@ def main():
   model = init_model(cfg, seed=0)
   tmp = tempfile.mkdtemp(prefix="bench_generate-")
   save_hf(model, os.path.join(tmp, "hf"))
+  if args.ours_dtype == "bfloat16":
+    rounded = init_model(cfg, seed=0, dtype=jnp.bfloat16, param_dtype=jnp.bfloat16)
+    nnx.update(rounded, jax.tree.map(lambda a: a.astype(jnp.bfloat16), nnx.state(model)))
+    model = rounded
   prompts = np.random.default_rng(0).integers(3, cfg.vocab_size, (max(batches), PROMPT_LEN)).astype(np.int64)
   np.save(os.path.join(tmp, "prompts.npy"), prompts)
   hf = HFWorker(os.path.join(tmp, "hf"), os.path.join(tmp, "prompts.npy"), args.new_tokens)
@@ -121,7 +131,7 @@ def main():
   hf.close()
 
   print(f"\n{bench.cpu_model()}, {os.cpu_count()} cores; jax {jax.__version__}, torch {hf.info['ready']}, "
-        f"transformers {hf.info['transformers']}; {args.rounds} rounds, median")
+        f"transformers {hf.info['transformers']}; ours in {args.ours_dtype}; {args.rounds} rounds, median")
   print("| batch | ours tokens/s | transformers tokens/s | ours / transformers | same tokens (rows) |")
   print("|---:|---:|---:|---:|---:|")
   summary = {}
@@ -131,8 +141,8 @@ def main():
     same = np.mean([a == b for a, b in zip(results["ours"][batch][0]["tokens"],
                                            results["transformers"][batch][0]["tokens"])])
     summary[batch] = dict(ours=rate["ours"], transformers=rate["transformers"], same_rows=float(same))
-    print(f"| {batch} | {rate['ours']:.1f} | {rate['transformers']:.1f} | **{rate['ours'] / rate['transformers']:.2f}×**"
-          f" | {same:.0%} |")
+    ratio = rate["ours"] / rate["transformers"]
+    print(f"| {batch} | {rate['ours']:.1f} | {rate['transformers']:.1f} | **{ratio:.2f}×** | {same:.0%} |")
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"summary": summary, "rounds": results, "machine": bench.cpu_model()}, f)

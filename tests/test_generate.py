@@ -139,6 +139,23 @@ def test_any_padding_layout_and_bucket_width_give_the_same_result(family):
     np.testing.assert_allclose(out.logps, base.logps, atol=1e-5)
 
 
+def test_sample_runs_inside_a_jitted_step_from_a_pure_parameter_dict(family):
+  """As on-policy MSD will call it: graphdef + the pure dict of TrainState.params['model'], inside a jit."""
+  model, prompts, ref_tokens, _ = family("qwen2")
+  graphdef, state = nnx.split(model)
+  params = nnx.to_pure_dict(state)
+  ids, mask = padded(prompts, "left")
+
+  @jax.jit
+  def step(params, ids, mask):
+    out, _ = decode.sample(graphdef, params, ids, mask, decode.row_keys(0, range(3)), SamplingSettings(N_NEW))
+    return out.tokens, jnp.sum(out.logps)
+
+  tokens, total = step(params, jnp.asarray(ids), jnp.asarray(mask))
+  np.testing.assert_array_equal(tokens, ref_tokens)
+  assert np.isfinite(float(total))
+
+
 # ---- sampling ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -80,7 +80,8 @@ def test_answers_from_a_training_run(tmp_path, capsys):
     (["--model", "{hf}", "--prompt", "x", "--temperature", "-1"], "temperature=-1.0 must be ≥ 0"),
     (["--model", "{hf}", "--prompt", "x", "--top_k", "-2"], "top_k=-2 must be an integer ≥ 0"),
     (["--model", "{hf}", "--prompt", "x", "--max_new_tokens", "0"], "max_new_tokens=0 must be an integer ≥ 1"),
-    (["--model", "{hf}", "--prompt", "x", "--out", "/nonexistent/o.jsonl"], "--out /nonexistent/o.jsonl: its directory"),
+    (["--model", "{hf}", "--prompt", "x", "--out", "/nonexistent/o.jsonl"],
+     "--out /nonexistent/o.jsonl: its directory does not exist"),
     (["--prompt", "x"], "one of the arguments --model --workdir is required"),
 ])
 def test_bad_input_gives_one_error_line_and_exit_2(hf_dir, tmp_path, capsys, args, message):

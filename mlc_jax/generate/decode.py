@@ -187,7 +187,8 @@ def check_prompts(model: Decoder, prompt_ids, prompt_mask, max_new_tokens: int) 
   if lengths.max() + max_new_tokens > limit:
     row = int(lengths.argmax())
     raise ValueError(f"prompt row {row} has {lengths[row]} tokens: with max_new_tokens={max_new_tokens} it needs "
-                     f"{lengths[row] + max_new_tokens} positions, more than the model's max_position_embeddings={limit}")
+                     f"{lengths[row] + max_new_tokens} positions, more than the model's "
+                     f"max_position_embeddings={limit}")
   return ids, mask
 
 
