@@ -8,6 +8,16 @@ Every parameter carries logical axis names in its `axes` metadata (e.g. `('layer
 leading `layers` axis and applied with `jax.lax.scan`, so a model compiles once per block, not per layer.
 Per-layer differences (sliding window or not, which RoPE table) are a `[layers]` bool scanned beside the
 parameters; the tables and masks of both kinds are built once, outside the scan.
+
+KV cache (`Decoder.init_cache`, `Decoder.decode`): `KVCache.k` and `.v` are `[l, b, k, t, h]` — stacked along the
+leading `layers` axis like the block parameters and carried through the same layer scan — in the compute dtype,
+with `t` slots per row; `.positions` `[b, t]` int32 holds each slot's RoPE position (`EMPTY` for a slot not written
+yet or holding padding) and `.index` the next slot to write, the same for every row. Masks come from positions,
+not slots: a new token sees the filled slots whose position is at most its own (and, on sliding layers, within
+`sliding_window` positions), so padding anywhere in a row, e.g. between a right-padded prompt and its generated
+tokens, is simply never attended. Memory: `2 · l · k · h · bytes(dtype)` per token per row for keys and values
+(+ 4 bytes of position), e.g. 128 KiB per token for Llama-3.1-8B in bf16 (2 · 32 · 8 · 128 · 2). Every layer,
+sliding ones included, keeps all `t` slots.
 """
 from __future__ import annotations
 
@@ -114,6 +124,37 @@ class AttentionInputs(NamedTuple):
   sliding_mask_bst: jax.Array | None
 
 
+EMPTY = np.iinfo(np.int32).max  # KVCache.positions of a slot that holds no token (never attended)
+# Logical axes of KVCache.k / .v (the slot axis is never sharded) and of KVCache.positions.
+CACHE_KV_AXES = ("layers", "batch", "kv_heads", None, "head_dim")
+CACHE_POSITION_AXES = ("batch", None)
+
+
+class KVCache(NamedTuple):
+  """Every layer's keys and values for `t` slots per row (layout and memory: the module docstring).
+
+  k, v: `[l, b, k, t, h]` in the compute dtype.
+  positions: `[b, t]` int32, the RoPE position of each slot's token; `EMPTY` where none (unwritten or padding).
+  index: int32 scalar, the next slot to write (rows fill their slots in lockstep).
+  """
+
+  k: jax.Array
+  v: jax.Array
+  positions: jax.Array
+  index: jax.Array
+
+  def write(self, layer, k_bskh, v_bskh) -> "KVCache":
+    """Writes one layer's keys and values of `s` new tokens at slots `index … index + s - 1` (in place)."""
+    start = (layer, 0, 0, self.index, 0)
+    update = lambda cache, x_bskh: jax.lax.dynamic_update_slice(cache, x_bskh.swapaxes(1, 2)[None].astype(cache.dtype),
+                                                                start)
+    return self._replace(k=update(self.k, k_bskh), v=update(self.v, v_bskh))
+
+  def layer(self, layer) -> tuple[jax.Array, jax.Array]:
+    """One layer's keys and values as `[b, t, k, h]`."""
+    return self.k[layer].swapaxes(1, 2), self.v[layer].swapaxes(1, 2)
+
+
 def xla_attention(q_bsnh, k_btkh, v_btkh, mask_bst, *, scale: float, cap: float | None = None):
   """Softmax attention with GQA over full `[s, t]` scores (float32), masked where `mask_bst` is False.
 
@@ -174,8 +215,12 @@ class Attention(nnx.Module):
       self.q_norm = RMSNorm(h, **kw)
       self.k_norm = RMSNorm(h, **kw)
 
-  def __call__(self, x_bsd, inputs: AttentionInputs, is_sliding):
-    """`[b, s, d]` → `[b, s, d]`; `is_sliding` is this layer's scalar bool (a scanned input)."""
+  def __call__(self, x_bsd, inputs: AttentionInputs, is_sliding, cache: KVCache | None = None, layer=None):
+    """`[b, s, d]` → (`[b, s, d]`, cache); `is_sliding` and `layer` are this layer's scalars (scanned inputs).
+
+    Without a cache the `s` tokens attend to each other (`inputs` masks `[b, s, s]`). With one, their keys and
+    values are written into the cache's layer `layer` first and they attend to all its `t` slots (`[b, s, t]`).
+    """
     cfg, dtype = self.cfg, x_bsd.dtype
     q_bsnh = project(x_bsd, self.q_proj[...].astype(dtype))
     k_btkh = project(x_bsd, self.k_proj[...].astype(dtype))
@@ -191,12 +236,15 @@ class Attention(nnx.Module):
       cos, sin = jnp.where(is_sliding, inputs.local_cos, cos), jnp.where(is_sliding, inputs.local_sin, sin)
     q_bsnh = rope.apply_rotary(q_bsnh, cos, sin)
     k_btkh = rope.apply_rotary(k_btkh, cos, sin)
-    out_bsnh = self._attend(q_bsnh, k_btkh, v_btkh, inputs, is_sliding)
-    return project(out_bsnh, self.o_proj[...].astype(dtype), in_dims=2)
+    if cache is not None:
+      cache = cache.write(layer, k_btkh, v_btkh)
+      k_btkh, v_btkh = cache.layer(layer)
+    out_bsnh = self._attend(q_bsnh, k_btkh, v_btkh, inputs, is_sliding, cached=cache is not None)
+    return project(out_bsnh, self.o_proj[...].astype(dtype), in_dims=2), cache
 
-  def _attend(self, q_bsnh, k_btkh, v_btkh, inputs: AttentionInputs, is_sliding):
+  def _attend(self, q_bsnh, k_btkh, v_btkh, inputs: AttentionInputs, is_sliding, *, cached: bool):
     cfg, windowed = self.cfg, inputs.sliding_mask_bst is not None
-    if self.attention_impl == "xla":
+    if self.attention_impl == "xla" or cached:  # the fused kernels' causal mask assumes keys == queries
       mask_bst = inputs.mask_bst
       if windowed:
         mask_bst = jnp.where(is_sliding, inputs.sliding_mask_bst, mask_bst)
@@ -251,11 +299,12 @@ class Block(nnx.Module):
     if cfg.post_norms:
       self.mlp_post_norm = norm()
 
-  def __call__(self, x_bsd, inputs: AttentionInputs, is_sliding):
-    y_bsd = self.attn(self.attn_norm(x_bsd), inputs, is_sliding)
+  def __call__(self, x_bsd, inputs: AttentionInputs, is_sliding, cache: KVCache | None = None, layer=None):
+    """`[b, s, d]` → (`[b, s, d]`, cache); see `Attention.__call__`."""
+    y_bsd, cache = self.attn(self.attn_norm(x_bsd), inputs, is_sliding, cache, layer)
     x_bsd = x_bsd + (self.attn_post_norm(y_bsd) if self.post_norms else y_bsd)
     y_bsd = self.mlp(self.mlp_norm(x_bsd))
-    return x_bsd + (self.mlp_post_norm(y_bsd) if self.post_norms else y_bsd)
+    return x_bsd + (self.mlp_post_norm(y_bsd) if self.post_norms else y_bsd), cache
 
 
 class Decoder(nnx.Module):
@@ -297,10 +346,10 @@ class Decoder(nnx.Module):
     return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
 
   def logits(self, hidden_bsd) -> jax.Array:
-    """Float32 logits `[b, s, v]` of final hidden states `[b, s, d]`, soft-capped when the config says so."""
-    logits_bsv = jnp.einsum("bsd,dv->bsv", hidden_bsd, self.unembedding().astype(hidden_bsd.dtype),
-                            preferred_element_type=jnp.float32)
-    return softcap(logits_bsv, self.cfg.final_logit_softcap)
+    """LM logits `[..., vocab]` float32 of final-norm hidden states `[..., hidden]`, with `cfg.final_logit_softcap`."""
+    logits = jnp.einsum("...d,dv->...v", hidden_bsd, self.unembedding().astype(hidden_bsd.dtype),
+                        preferred_element_type=jnp.float32)
+    return softcap(logits, self.cfg.final_logit_softcap)
 
   def token_logps(self, hidden_bsd, targets_bs) -> jax.Array:
     """`log p(targets[b, s] | hidden[b, s])` `[b, s]` float32 (chunked over the vocabulary with `vocab_chunk`).
@@ -336,39 +385,95 @@ class Decoder(nnx.Module):
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(s), (b, s))
     inputs = self._attention_inputs(attention_mask, positions)
-
-    x_bsd = self.embed_tokens(input_ids)
-    graphdef, stacked = nnx.split(self.blocks)
-    stacked = jax.tree.map(lambda a: a[:num_blocks], stacked)
-    is_sliding_l = jnp.asarray(cfg.sliding_layers[:num_blocks], jnp.bool_)
-
-    def body(x, layer):
-      layer_params, is_sliding = layer
-      x = nnx.merge(graphdef, layer_params)(x, inputs, is_sliding)
-      return x, (x if collect else None)
-
-    if REMAT_POLICIES[self.remat] is not None:
-      body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
-    x_bsd, per_block_lbsd = jax.lax.scan(body, x_bsd, (stacked, is_sliding_l))
+    x_bsd, per_block_lbsd, _ = self._run_blocks(self.embed_tokens(input_ids), inputs, num_blocks, collect=collect)
     if num_blocks == cfg.num_layers:
       x_bsd = self.final_norm(x_bsd)
     return (x_bsd, per_block_lbsd) if collect else x_bsd
 
-  def _attention_inputs(self, attention_mask, positions) -> AttentionInputs:
-    cfg, s = self.cfg, attention_mask.shape[1]
+  def _run_blocks(self, x_bsd, inputs: AttentionInputs, num_blocks: int, *, collect: bool = False,
+                  cache: KVCache | None = None):
+    """Scans the first `num_blocks` blocks; → (output, every block's output or None, cache or None).
+
+    A cache rides in the scan carry with `x` (each block writes its layer in place); the layer index is scanned
+    beside the parameters only then.
+    """
+    graphdef, stacked = nnx.split(self.blocks)
+    stacked = jax.tree.map(lambda a: a[:num_blocks], stacked)
+    is_sliding_l = jnp.asarray(self.cfg.sliding_layers[:num_blocks], jnp.bool_)
+    layer_l = None if cache is None else jnp.arange(num_blocks)
+
+    def body(carry, layer):
+      x, cache = carry
+      layer_params, is_sliding, index = layer
+      x, cache = nnx.merge(graphdef, layer_params)(x, inputs, is_sliding, cache, index)
+      return (x, cache), (x if collect else None)
+
+    if REMAT_POLICIES[self.remat] is not None:
+      body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
+    (x_bsd, cache), per_block_lbsd = jax.lax.scan(body, (x_bsd, cache), (stacked, is_sliding_l, layer_l))
+    return x_bsd, per_block_lbsd, cache
+
+  def _rope_tables(self, positions):
+    """(cos, sin, local_cos, local_sin) for `positions` `[b, s]`; the local pair None unless Gemma-3's local RoPE."""
+    cfg = self.cfg
     cos, sin = rope.rotary_tables(positions, rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta,
                                                                       cfg.rope_scaling_dict))
-    local_cos = local_sin = sliding_mask_bst = None
+    if any(cfg.sliding_layers) and cfg.rope_local_theta is not None:
+      return cos, sin, *rope.rotary_tables(positions, rope.inverse_frequencies(cfg.head_dim, cfg.rope_local_theta))
+    return cos, sin, None, None
+
+  def _attention_inputs(self, attention_mask, positions) -> AttentionInputs:
+    """The `[b, s, s]` masks of a forward pass: causal by sequence index & key padding (& the window)."""
+    cfg, s = self.cfg, attention_mask.shape[1]
+    sliding_mask_bst = None
     key_mask_bt = attention_mask.astype(jnp.bool_)
     mask_bst = jnp.tril(jnp.ones((s, s), jnp.bool_))[None] & key_mask_bt[:, None, :]
-    if any(cfg.sliding_layers):
-      if cfg.rope_local_theta is not None:
-        local_cos, local_sin = rope.rotary_tables(positions,
-                                                  rope.inverse_frequencies(cfg.head_dim, cfg.rope_local_theta))
-      if s > cfg.sliding_window:  # otherwise the window cannot mask anything
-        band_st = jnp.arange(s)[:, None] - jnp.arange(s)[None, :] < cfg.sliding_window
-        sliding_mask_bst = mask_bst & band_st[None]
-    return AttentionInputs(cos, sin, local_cos, local_sin, key_mask_bt, mask_bst, sliding_mask_bst)
+    if any(cfg.sliding_layers) and s > cfg.sliding_window:  # otherwise the window cannot mask anything
+      band_st = jnp.arange(s)[:, None] - jnp.arange(s)[None, :] < cfg.sliding_window
+      sliding_mask_bst = mask_bst & band_st[None]
+    return AttentionInputs(*self._rope_tables(positions), key_mask_bt, mask_bst, sliding_mask_bst)
+
+  def _cached_attention_inputs(self, positions_bs, key_positions_bt) -> AttentionInputs:
+    """The `[b, s, t]` masks of new tokens at `positions_bs` over cache slots at `key_positions_bt`, by position."""
+    cfg = self.cfg
+    sliding_mask_bst = None
+    key_mask_bt = key_positions_bt != EMPTY
+    offset_bst = positions_bs[:, :, None] - key_positions_bt[:, None, :]
+    mask_bst = key_mask_bt[:, None, :] & (offset_bst >= 0)
+    if any(cfg.sliding_layers) and key_positions_bt.shape[1] > cfg.sliding_window:
+      sliding_mask_bst = mask_bst & (offset_bst < cfg.sliding_window)
+    return AttentionInputs(*self._rope_tables(positions_bs), key_mask_bt, mask_bst, sliding_mask_bst)
+
+  def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
+    """An empty `KVCache` of `max_len` slots for `batch` rows (dtype: the compute dtype by default)."""
+    cfg = self.cfg
+    shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+    dtype = self.dtype if dtype is None else dtype
+    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype), jnp.full((batch, max_len), EMPTY, jnp.int32),
+                   jnp.zeros((), jnp.int32))
+
+  def decode(self, input_ids, cache: KVCache, *, positions, attention_mask=None):
+    """Runs `s` new tokens per row through every block against the cache; → (final-norm hidden `[b, s, d]`, cache).
+
+    Args:
+      input_ids: `[b, s]` token ids, written at slots `cache.index … cache.index + s - 1` of every row.
+      cache: from `init_cache` or an earlier call.
+      positions: `[b, s]` int RoPE positions of the new tokens.
+      attention_mask: `[b, s]`, 0 where a new token is padding (its slot stays `EMPTY`); None: all real.
+
+    Each new token attends to every filled slot whose position is at most its own (within `sliding_window`
+    positions on sliding layers), so a prompt prefill (`s` = prompt length, any padding) and a one-token decode
+    step are the same call. The attention always runs 'xla' here.
+    """
+    positions = positions.astype(jnp.int32)
+    slot_positions_bs = positions
+    if attention_mask is not None:
+      slot_positions_bs = jnp.where(attention_mask.astype(jnp.bool_), positions, EMPTY)
+    key_positions_bt = jax.lax.dynamic_update_slice(cache.positions, slot_positions_bs, (0, cache.index))
+    inputs = self._cached_attention_inputs(positions, key_positions_bt)
+    x_bsd, _, cache = self._run_blocks(self.embed_tokens(input_ids), inputs, self.cfg.num_layers,
+                                       cache=cache._replace(positions=key_positions_bt))
+    return self.final_norm(x_bsd), cache._replace(index=cache.index + input_ids.shape[1])
 
   def embed_tokens(self, input_ids):
     """The embedding output `[batch, seq, hidden]` in the compute dtype (HF's `hidden_states[0]`).

@@ -49,3 +49,18 @@ def logical_to_spec(axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh
 
 def named_sharding(axes, shape, mesh: Mesh, rules=DEFAULT_RULES) -> NamedSharding:
   return NamedSharding(mesh, logical_to_spec(axes, shape, mesh, rules))
+
+
+def variable_shardings(state, mesh: Mesh, rules=DEFAULT_RULES) -> dict:
+  """A `NamedSharding` per variable of an `nnx.State` (arrays or abstract), from its logical `axes` metadata
+  (replicated when it has none), as the nested pure dict `nnx.to_pure_dict(state)` gives."""
+  from flax import nnx
+  from flax import traverse_util
+
+  flat = {}
+  for path, var in nnx.to_flat_state(state):
+    axes = var.get_metadata().get("axes")
+    shape = var.get_value().shape
+    flat[path] = NamedSharding(mesh, PartitionSpec()) if axes is None else named_sharding(axes, shape, mesh, rules)
+  return traverse_util.unflatten_dict(flat)
+

@@ -86,17 +86,6 @@ class TrainStateSpec:
     return jax.tree.map(lambda x: x.sharding, self.abstract)
 
 
-def _pure_shardings(abstract_state: nnx.State, mesh: Mesh, rules) -> dict:
-  """A `NamedSharding` per parameter from its logical `axes` metadata (replicated when it has none)."""
-  flat = {}
-  for path, var in nnx.to_flat_state(abstract_state):
-    axes = var.get_metadata().get("axes")
-    shape = var.get_value().shape
-    flat[path] = (NamedSharding(mesh, PartitionSpec()) if axes is None
-                  else sharding_lib.named_sharding(axes, shape, mesh, rules))
-  return traversals.unflatten_dict(flat)
-
-
 def _opt_state_shardings(abstract_opt_state, params_shardings: dict, mesh: Mesh):
   """Optimizer-state leaves whose key path ends with a parameter's path get that parameter's sharding."""
   by_path = {tuple(str(k) for k in path): s for path, s in traversals.flatten_dict(params_shardings).items()}
@@ -135,7 +124,7 @@ def abstract_train_state(run, model_cfg: ModelConfig, mesh: Mesh, total_steps: i
                                                   _make_extractor(run, model_cfg) if run.mlc.enabled else None))
   graphdef, abstract_modules = nnx.split(abstract_policy)
   policy_def = PolicyDef(graphdef, nnx.split(abstract_policy.model)[0])
-  param_shardings = _pure_shardings(abstract_modules, mesh, rules)
+  param_shardings = sharding_lib.variable_shardings(abstract_modules, mesh, rules)
   params = _with_shardings(nnx.to_pure_dict(abstract_modules), param_shardings)
   params = {k: v for k, v in params.items() if v is not None}
   optimizer = make_optimizer(run.optim, total_steps)
