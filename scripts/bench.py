@@ -100,7 +100,7 @@ class JaxSide:
     from mlc_jax.parallel.mesh import make_mesh
     from mlc_jax.train.reference import precompute
     from mlc_jax.train.state import abstract_train_state, init_train_state
-    from mlc_jax.train.step import make_reference_fn, make_train_step
+    from mlc_jax.train.step import make_precompute_fn, make_train_step
 
     self.setting, self.model_cfg, self.data = setting, model_config(), data
     self.run = run_config(setting == "mlc", shape, lr, overrides)
@@ -112,10 +112,11 @@ class JaxSide:
     objective, self.mlc = self.run.objective, self.run.mlc if self.run.mlc.enabled else None
     self.step = make_train_step(spec, objective, self.mlc, mesh=self.mesh)
     # Reference log-probs of the initial weights, outside the timed steps (as on the TRL side).
-    self.reference = precompute(make_reference_fn(spec, objective, self.mesh), lambda: self.state.params["model"],
-                                data, input_keys=objective.reference_inputs, output_keys=objective.reference_keys,
-                                batch_size=shape.batch, mesh=self.mesh, cache_dir=os.path.join(workdir, "reference"),
-                                model_identity={"bench": dataclasses.asdict(self.model_cfg)}, name="ref_logps")
+    pre = objective.precomputed(self.run, None)
+    self.reference = precompute(make_precompute_fn(spec, pre.fn, self.mesh), lambda: self.state.params["model"],
+                                data, input_keys=pre.input_keys, output_keys=pre.output_keys, batch_size=shape.batch,
+                                mesh=self.mesh, cache_dir=os.path.join(workdir, "reference"), name=pre.name,
+                                model_identity={"bench": dataclasses.asdict(self.model_cfg)})
     self.batches = pipeline.batch_iterator(data, shape.batch, seed=0, shuffle=False)
     self.compile_s = None
 

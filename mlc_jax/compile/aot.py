@@ -19,7 +19,7 @@ from mlc_jax.config import validate
 from mlc_jax.parallel.mesh import make_mesh, num_slices
 from mlc_jax.parallel.tpu import Topology, TopologyError
 from mlc_jax.train.state import abstract_train_state
-from mlc_jax.train.step import make_reference_fn, make_train_step, step_flops
+from mlc_jax.train.step import make_precompute_fn, make_train_step, step_flops
 
 
 def topology_devices(topology: Topology, slices: int = 1) -> list:
@@ -133,7 +133,8 @@ def compile_run(config, topology: Topology, slices: int = 1) -> Report:
   step = make_train_step(spec, run.objective, mlc, mesh=mesh, num_languages=batch_lib.num_languages(run))
   batch = batch_lib.accumulated(batch_lib.micro_batch(run, spec), run.train.grad_accum)
   programs = [_compile("train_step", step, spec.abstract, batch)]
-  if run.reference == "precomputed" and run.objective.reference_keys:
-    programs.append(_compile("reference", make_reference_fn(spec, run.objective, mesh), spec.abstract.params["model"],
+  pre = run.objective.precomputed(run, None)
+  if pre is not None:
+    programs.append(_compile("reference", make_precompute_fn(spec, pre.fn, mesh), spec.abstract.params["model"],
                              batch_lib.reference_batch(run, run.micro_batch_size)))
   return Report(topology, slices, tuple(mesh_shape), tuple(programs), run_step_flops(run, cfg, spec), cfg.num_params())

@@ -28,7 +28,7 @@ def sequences(sides, batch_size: int, seq_len: int) -> dict[str, jax.ShapeDtypeS
 
 
 def reference_batch(run, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-  """What `make_reference_fn` reads: the objective's `reference_inputs` `[batch_size, T]`."""
+  """What the reference precompute reads: the objective's `reference_inputs` `[batch_size, T]`."""
   return sequences(run.objective.reference_sides, batch_size, run.data.limits.pair_len)
 
 

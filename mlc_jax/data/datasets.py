@@ -1,7 +1,8 @@
 """The kinds of training data an objective can read, each with its checks and its loader.
 
 A `DataKind` turns a run's `data` section (`mlc_jax.config.sections.DataSection`) and a tokenizer into a
-tokenized dataset (`TokenizedData`, `MpoTokenizedData`, …) that the input pipeline batches by its `batch_keys`.
+tokenized dataset (`TokenizedData`, `MpoTokenizedData`, `PromptOnlyData`) that the input pipeline batches by its
+`batch_keys`.
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ class DataKind:
     prompt_variants: whether each example carries its prompt in every language (`prompt_ids` `[N, L, P]`, what
       the MLC term reads).
     check: `check(data_section)` raises `ConfigError` naming the key when the section cannot give this kind.
-    load: `load(data_section, tokenizer)` → the tokenized dataset (prints a one-line summary).
+    load: `load(run, tokenizer)` → the tokenized dataset (prints a one-line summary); `run` is the `RunConfig`
+      (its data section, and the objective's settings where tokenisation depends on them).
   """
 
   name: str
@@ -40,7 +42,8 @@ def _check_preference_pairs(data):
     raise ConfigError(f"data.name={data.name!r} holds MPO pairs, which only objective.name='mpo' reads")
 
 
-def _load_preference_pairs(data, tokenizer) -> tokenized.TokenizedData:
+def _load_preference_pairs(run, tokenizer) -> tokenized.TokenizedData:
+  data = run.data
   try:
     examples, langs = load_preferences(data.source, data.path or None, data.langs, empty_responses="keep",
                                        name=data.name, manual_dir=data.manual_dir, data_dir=data.data_dir)
@@ -57,7 +60,8 @@ def _check_mpo_pairs(data):
                       f"data.name={data.name!r}")
 
 
-def _load_mpo_pairs(data, tokenizer) -> tokenized.MpoTokenizedData:
+def _load_mpo_pairs(run, tokenizer) -> tokenized.MpoTokenizedData:
+  data = run.data
   try:
     examples, dropped = load_mpo_pairs(data.name, data.langs, manual_dir=data.manual_dir, data_dir=data.data_dir)
   except (OSError, ValueError) as e:
@@ -75,3 +79,26 @@ PREFERENCE_PAIRS = DataKind("preference pairs with prompt variants", prompt_vari
                             check=_check_preference_pairs, load=_load_preference_pairs)
 MPO_PAIRS = DataKind("MPO pairs (a dominant-language and a target-language pair)", prompt_variants=False,
                      check=_check_mpo_pairs, load=_load_mpo_pairs)
+
+
+def _load_prompt_only(run, tokenizer) -> tokenized.PromptOnlyData:
+  from mlc_jax.data.prompts import load_prompts
+
+  data, objective = run.data, run.objective
+  try:
+    examples, targets, skipped = load_prompts(data)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f"data: {e}") from e
+  prompts = tokenized.tokenize_prompt_only(examples, tokenizer, prompt_len=data.max_prompt_len,
+                                           teacher_prompt_len=objective.teacher_prompt_len,
+                                           teacher_template=objective.teacher_template, languages=targets)
+  counts = ", ".join(f"{lang} {int((prompts.pair_language == i).sum())}" for i, lang in enumerate(targets))
+  print(f"data: {len(prompts)} prompts from {data.name if data.source == 'tfds' else data.source} with their English "
+        f"translation; target languages {counts}" + (f"; left out (a prompt or its English empty): {skipped}"
+                                                     if skipped else ""))
+  return prompts
+
+
+PROMPT_ONLY = DataKind("prompts with their English translation (no responses)", prompt_variants=False,
+                       check=_check_preference_pairs, load=_load_prompt_only)
+

@@ -19,6 +19,7 @@ objective's name. `mlc_jax.objectives.mlc` is the add-on term any objective with
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import ClassVar, NamedTuple
 
 import jax
@@ -46,6 +47,22 @@ def objective_class(name: str) -> type["Objective"]:
   if name not in OBJECTIVES:
     raise ConfigError(f"objective.name={name!r} is not one of {', '.join(sorted(OBJECTIVES))}")
   return OBJECTIVES[name]
+
+
+class Precomputed(NamedTuple):
+  """Per-example values of the frozen initial model computed once before training, cached by content hash in
+  WORKDIR/reference and added to each batch as `ref_<key>`.
+
+  name: the cache file's prefix; input_keys: the dataset arrays `fn` reads; output_keys: what it returns;
+  fn: `fn(model, batch) → {key: [B, …]}` (jitted by the trainer, on the mesh); identity: what else the values
+  depend on (hashed into the cache key beside the model and the input arrays, e.g. sampling settings).
+  """
+
+  name: str
+  input_keys: tuple[str, ...]
+  output_keys: tuple[str, ...]
+  fn: Callable
+  identity: dict = {}
 
 
 class LossTerms(NamedTuple):
@@ -126,6 +143,19 @@ class Objective(Section):
     """Whether the frozen initial model runs in every step (a copy in the train state) rather than never, or once
     before training for cached values: `reference=frozen_copy` with reference values to compute."""
     return bool(self.reference_keys) and run.reference == "frozen_copy"
+
+  def precomputed(self, run, tokenizer) -> Precomputed | None:
+    """What is computed once from the initial model before training: the reference values when
+    `reference=precomputed` (None when there are none to compute)."""
+    if run.reference == "precomputed" and self.reference_keys:
+      return Precomputed(self.reference_cache_name, self.reference_inputs, self.reference_keys,
+                         self.reference_outputs)
+    return None
+
+  def sampling_step(self, spec, run, mesh, tokenizer) -> Callable | None:
+    """A jitted `fn(model_params, batch, step) → batch` run before every train step (on-policy sampling from the
+    live parameters; `batch` in the step's `[grad_accum, micro, …]` layout), or None."""
+    return None
 
   def check_run(self, run) -> None:
     """Checks against the rest of the run's config (`mlc_jax.config.run.RunConfig`); raise `ConfigError`."""

@@ -36,7 +36,7 @@ def precompute(fn, initial_params: Callable[[], dict], data, *, input_keys: Sequ
   """`{key: [N, …]}` for `output_keys`, read from or written to `cache_dir/<name>-<hash>.npz`.
 
   `fn(model_params, batch)` maps a batch of the `input_keys` arrays of `data` (`[B, T]`) to the outputs
-  (`[B, …]`, see `step.make_reference_fn`). `initial_params()` gives the initial model's parameters; it is called
+  (`[B, …]`, see `step.make_precompute_fn`). `initial_params()` gives the initial model's parameters; it is called
   only when the cache misses, and they are released before this returns.
   """
   path = os.path.join(cache_dir, f"{name}-{cache_key(model_identity, data, input_keys)}.npz")

@@ -103,7 +103,7 @@ def step_flops(run, model_cfg, shapes: dict[str, tuple[int, ...]], *, mlc_share:
   return total + (mlc_share * run.mlc.step_flops(model_cfg, shapes) if run.mlc.enabled else 0.0)
 
 
-def _under_mesh(fn, mesh: Mesh):
+def under_mesh(fn, mesh: Mesh):
   """`fn` traced with `mesh` as the abstract mesh: what kernels wrapped in `shard_map` (splash attention) read."""
   @functools.wraps(fn)
   def traced(*args):
@@ -146,19 +146,19 @@ def make_train_step(spec: TrainStateSpec, objective: Objective, mlc: Mlc | None,
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   replicated = NamedSharding(mesh, PartitionSpec())
-  return jax.jit(_under_mesh(train_step, mesh), in_shardings=(spec.shardings, batch_sharding(mesh, accumulated=True)),
+  return jax.jit(under_mesh(train_step, mesh), in_shardings=(spec.shardings, batch_sharding(mesh, accumulated=True)),
                  out_shardings=(spec.shardings, replicated), donate_argnums=0)
 
 
-def make_reference_fn(spec: TrainStateSpec, objective: Objective, mesh: Mesh):
-  """`fn(model_params, batch) → {key: [B, …]}` for `objective.reference_keys`, jitted (the precomputation pass).
+def make_precompute_fn(spec: TrainStateSpec, fn, mesh: Mesh):
+  """`jitted(model_params, batch) → {key: [B, …]}` of a `Precomputed.fn(model, batch)` (the pass before training).
 
-  `batch` holds `objective.reference_inputs` `[B, T]`.
+  `batch` holds its input arrays `[B, …]`, split over the data shards; the outputs are replicated.
   """
-  def fn(model_params, batch):
-    return objective.reference_outputs(spec.policy_def.merge_model(model_params), batch)
+  def run(model_params, batch):
+    return fn(spec.policy_def.merge_model(model_params), batch)
 
   replicated = NamedSharding(mesh, PartitionSpec())
-  return jax.jit(_under_mesh(fn, mesh),
+  return jax.jit(under_mesh(run, mesh),
                  in_shardings=(spec.shardings.params["model"], batch_sharding(mesh, accumulated=False)),
                  out_shardings=replicated)

@@ -28,7 +28,7 @@ from mlc_jax.train import workdir as workdir_lib
 from mlc_jax.train.metrics import MetricsWriter
 from mlc_jax.train.reference import precompute
 from mlc_jax.train.state import TrainState, abstract_train_state, init_train_state, initial_model_params
-from mlc_jax.train.step import device_batch, make_reference_fn, make_train_step, step_flops
+from mlc_jax.train.step import device_batch, make_precompute_fn, make_train_step, step_flops
 from mlc_jax.train.watchdog import StepWatchdog
 
 # Called after every completed step with (step, state); the tests install one to inject faults.
@@ -70,7 +70,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *, allow_config_cha
       check_weights(run.model.hf_path)
     except (OSError, ValueError) as e:
       raise ConfigError(f"model.hf_path: {e}") from e
-  data = run.objective.data_kind.load(run.data, tokenizer)
+  data = run.objective.data_kind.load(run, tokenizer)
   if run.mlc.enabled and len(data.languages) < 2:
     raise ConfigError(f"mlc.enabled=True needs at least 2 languages in data.langs to make consistent; got "
                       f"{list(data.languages)} (or set mlc.enabled=False)")
@@ -131,13 +131,14 @@ def _train(prepared: Prepared, config, workdir: str, restore_step: int | None, o
     else:
       state = None
     workdir_lib.write_config(workdir, to_json(config))
-    reference = None
-    if run.reference == "precomputed" and objective.reference_keys:  # from the initial weights
-      reference = precompute(make_reference_fn(spec, objective, mesh), lambda: initial_model_params(spec, run),
-                             prepared.data, input_keys=objective.reference_inputs,
-                             output_keys=objective.reference_keys, batch_size=run.micro_batch_size, mesh=mesh,
-                             name=objective.reference_cache_name, cache_dir=os.path.join(workdir, "reference"),
-                             model_identity=_model_identity(run, prepared.model_cfg))
+    reference, pre = None, objective.precomputed(run, prepared.tokenizer)
+    if pre is not None:  # from the initial weights
+      reference = precompute(make_precompute_fn(spec, pre.fn, mesh), lambda: initial_model_params(spec, run),
+                             prepared.data, input_keys=pre.input_keys, output_keys=pre.output_keys,
+                             batch_size=run.micro_batch_size, mesh=mesh, name=pre.name,
+                             cache_dir=os.path.join(workdir, "reference"),
+                             model_identity={**_model_identity(run, prepared.model_cfg), **pre.identity})
+    sample = objective.sampling_step(spec, run, mesh, prepared.tokenizer)
     if state is None:
       state = init_train_state(spec, run)
     train_step = make_train_step(spec, objective, mlc, mesh=mesh, num_languages=len(prepared.data.languages))
@@ -156,9 +157,14 @@ def _train(prepared: Prepared, config, workdir: str, restore_step: int | None, o
         batch = device_batch(host_batch, mesh, grad_accum=run.train.grad_accum, reference=reference)
         watchdog.started(step + 1)
         start = time.perf_counter()
+        if sample is not None:
+          batch = jax.block_until_ready(sample(state.params["model"], batch, step))
+        sampled = time.perf_counter()
         state, metrics = train_step(state, batch)
         metrics = jax.device_get(metrics)
         elapsed = time.perf_counter() - start
+        if sample is not None:
+          metrics["sampling_share"] = (sampled - start) / elapsed
         watchdog.finished()
         step += 1
         if not np.isfinite(metrics["loss"]):
