@@ -83,7 +83,7 @@ def test_every_command_in_a_config_docstring_loads():
     if name.endswith(".py"):
       text = open(os.path.join(ROOT, "configs", name)).read()
       specs |= set(re.findall(r"--config (configs/\w+\.py(?::\S+)?)", text))
-  assert {s.split(":")[0] for s in specs} == {"configs/demo.py", "configs/mlc.py", "configs/mpo.py"}
+  assert {s.split(":")[0] for s in specs} == {"configs/demo.py", "configs/mlc.py", "configs/mpo.py", "configs/msd.py"}
   for spec in sorted(specs):
     config = config_lib.load_config_file(os.path.join(ROOT, spec))
     for devices in (1, 4):  # one GPU; the 4 chips of a v5p-8 slice

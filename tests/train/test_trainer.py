@@ -76,7 +76,7 @@ def test_non_finite_loss_stops_without_a_checkpoint(tmp_path):
     ("train.batch_size=12", "train.batch_size=12 (micro-batch 12 after grad_accum) is not divisible by the 8 data"),
     ("data.langs='en,zh,xx'", "data.langs"),
     ("mlc.layer=7", "mlc.layer=7 is out of range"),
-    ("objective.name='kto'", "objective.name='kto' is not one of dpo, hinge, ipo, mpo, orpo, sft, simpo"),
+    ("objective.name='kto'", "objective.name='kto' is not one of dpo, hinge, ipo, mpo, msd, orpo, sft, simpo"),
     ("model.preset='gpt5'", "model.preset='gpt5' is unknown"),
     ("optim.lr='fast'", "optim.lr"),
 ])
