@@ -121,10 +121,14 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 
 
 def run_altering_differences(saved: dict, current: dict) -> list[str]:
-  """Flattened keys whose values differ between two config dicts, ignoring RESUMABLE_CHANGES."""
+  """Flattened keys whose values differ between two config dicts, ignoring RESUMABLE_CHANGES and the sections of
+  objectives neither config selects (they do not alter the run, and a config saved before an objective existed
+  lacks its section)."""
   a, b = flatten(saved), flatten(current)
+  used = {a.get("objective.name"), b.get("objective.name")}
+  unused = lambda k: k.startswith("objective.") and k != "objective.name" and k.split(".")[1] not in used
   keys = sorted(set(a) | set(b))
-  return [k for k in keys if k not in RESUMABLE_CHANGES and _norm(a.get(k)) != _norm(b.get(k))]
+  return [k for k in keys if k not in RESUMABLE_CHANGES and not unused(k) and _norm(a.get(k)) != _norm(b.get(k))]
 
 
 def _norm(value):

@@ -78,7 +78,10 @@ class RunConfig:
     parsed = {name: section.parse(config[name], name) for name, section in SECTIONS.items()}
     selected = objective_class(config["objective"]["name"]).name
     # Every objective's section is checked (a bad value is a mistake even when unused); the selected one is used.
-    objectives = {name: cls.parse(config["objective"][name], f"objective.{name}") for name, cls in OBJECTIVES.items()}
+    # A config saved before an objective existed lacks its section: the unused ones take their defaults.
+    sections = lambda name: config["objective"][name] if name in config["objective"] or name == selected else \
+        OBJECTIVES[name].defaults()
+    objectives = {name: cls.parse(sections(name), f"objective.{name}") for name, cls in OBJECTIVES.items()}
     objective = objectives[selected]
     run = cls(tokenizer=top.tokenizer, reference=top.reference, objective=objective, **parsed)
     objective.data_kind.check(run.data)

@@ -31,28 +31,37 @@ class PromptExample:
   english: str
 
 
-def _prompt_rows(data) -> tuple[list[dict[str, str]], tuple[str, ...]]:
-  """Every source row's `{language: prompt}` and the languages the source has."""
+def prompt_table(data) -> tuple[list, list[dict[str, str]], tuple[str, ...]]:
+  """`(ids, rows, languages)`: every source row's id and `{language: prompt}`, and the languages the source has.
+
+  `data` names the source as a run's data section does (`source`, `path`, `name`, `manual_dir`, `data_dir`). A row's
+  id is the dataset's own (`id`, or `category/index` for XSafety), else its position.
+  """
   if data.source != "tfds":  # every language the preference source has
     everything = (mlc_jsonl_languages(data.path) if data.source == "mlc_jsonl" and os.path.isfile(data.path)
                   else LANGUAGE_SETS["builtin"])
     examples, langs = load_preferences(data.source, data.path or None, list(everything), empty_responses="keep")
-    return [ex.prompts for ex in examples], langs
+    return [ex.index for ex in examples], [ex.prompts for ex in examples], langs
   from mlc_jax.data.tfds_builders import common
 
   builder = common.prepared_builder(data.name, manual_dir=data.manual_dir, data_dir=data.data_dir or None)
   features = builder.info.features
   if "prompt" not in features or not hasattr(features["prompt"], "keys"):
     raise ValueError(f"data.name={data.name!r} has no prompt in several languages (features: "
-                     f"{sorted(features.keys())}); prompt-only training reads e.g. 'xsafety/aligned' or "
+                     f"{sorted(features.keys())}); prompt tables are e.g. 'xsafety/aligned', 'multijail' or "
                      "'mlc_pku_saferlhf/dpo'")
-  return [r["prompt"] for r in common.read_split(builder, "train")], tuple(features["prompt"].keys())
+  splits = list(builder.info.splits)
+  records = common.read_split(builder, "train" if "train" in splits else splits[0])  # MultiJail has only 'test'
+
+  ids = [r["id"] if "id" in r else f"{r['category']}/{r['index']}" if "category" in r else r.get("index", i)
+         for i, r in enumerate(records)]
+  return ids, [r["prompt"] for r in records], tuple(features["prompt"].keys())
 
 
 def load_prompts(data) -> tuple[list[PromptExample], tuple[str, ...], dict[str, int]]:
   """`(examples, target languages, skipped)` from a run's data section; `skipped` counts rows left out per target
   language because the prompt or its English twin is empty."""
-  rows, available = _prompt_rows(data)
+  _, rows, available = prompt_table(data)
   languages = resolve_languages(data.langs, available=available, key="data.langs")
   if ENGLISH not in languages:
     raise ValueError(f"data.langs={list(languages)}: the teacher reads each prompt's English translation, so the "

@@ -16,6 +16,7 @@ returns per layer
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -73,3 +74,102 @@ def plot_sigma1_share(curves: Mapping[str, Sequence[float]], path: str, *, langu
   ax.set_title(title, fontsize=9)
   ax.legend(fontsize=7)
   fig.savefig(path, dpi=120)
+
+
+def last_token_states(model, tokenizer, texts_by_lang: Mapping[str, Sequence[str]], *, batch_size: int = 16,
+                      max_len: int = 512) -> np.ndarray:
+  """HF-indexed hidden states at each chat-rendered prompt's last token (the assistant header, where MLC reads):
+  `[layers + 1, prompts, languages, hidden]` float32, prompts parallel across the languages of `texts_by_lang`."""
+  import jax.numpy as jnp
+
+  from mlc_jax.data.tokenizer import chat_prompts
+
+  per_lang = []
+  for texts in texts_by_lang.values():
+    rows = [r[-max_len:] for r in tokenizer(chat_prompts(tokenizer, texts), add_special_tokens=False)["input_ids"]]
+    states = []
+    for start in range(0, len(rows), batch_size):
+      batch = rows[start:start + batch_size]
+      width = max(len(r) for r in batch)
+      ids = np.zeros((len(batch), width), np.int32)
+      mask = np.zeros((len(batch), width), np.int32)
+      for i, r in enumerate(batch):
+        ids[i, :len(r)], mask[i, :len(r)] = r, 1
+      _, hidden = model(jnp.asarray(ids), jnp.asarray(mask), output_hidden_states=True)
+      last = mask.sum(1) - 1
+      states.append(np.stack([np.asarray(h, np.float32)[np.arange(len(batch)), last] for h in hidden]))
+    per_lang.append(np.concatenate(states, axis=1))  # [layers + 1, prompts, hidden]
+  return np.stack(per_lang, axis=2)
+
+
+def _labelled(spec: str) -> tuple[str, str]:
+  path, _, label = spec.partition("=")
+  return path, label or os.path.basename(os.path.normpath(path))
+
+
+def main(argv=None) -> int:
+  """`python -m mlc_jax.eval.consistency (--model DIR[=LABEL] | --workdir W[=LABEL]) … --dataset D --langs L --out OUT`"""
+  import argparse
+  import json
+  import sys
+
+  from mlc_jax import cli
+  from mlc_jax.eval import evaluate
+
+  p = argparse.ArgumentParser(prog="python -m mlc_jax.eval.consistency",
+                              description="σ1 share per layer of parallel prompts' last-token states, per model")
+  p.add_argument("--model", action="append", default=[], help="an HF model directory, optionally =LABEL (repeatable)")
+  p.add_argument("--workdir", action="append", default=[], help="a training workdir, optionally =LABEL (repeatable)")
+  p.add_argument("--dataset", default="multijail", help=f"one of {', '.join(evaluate.DATASETS)}")
+  p.add_argument("--langs", default="multijail")
+  p.add_argument("--limit", type=int, default=64, help="prompts per language (the first N ids)")
+  p.add_argument("--batch_size", type=int, default=16)
+  p.add_argument("--manual_dir", default=os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data"))
+  p.add_argument("--data_dir", default="")
+  p.add_argument("--out", required=True)
+  args = p.parse_args(sys.argv[1:] if argv is None else argv)
+
+  def body():
+    from mlc_jax.data.tokenizer import load_tokenizer
+    from mlc_jax.export_hf import restore_params
+    from mlc_jax.models import load_hf
+
+    if not args.model and not args.workdir:
+      raise evaluate.EvalError("give at least one --model or --workdir")
+    prompts = evaluate.load_prompts(args.dataset, args.langs, limit=args.limit, manual_dir=args.manual_dir,
+                                    data_dir=args.data_dir)
+    by_id = {}
+    for prompt in prompts:
+      by_id.setdefault(prompt.id, {})[prompt.lang] = prompt.prompt
+    langs = sorted({prompt.lang for prompt in prompts}, key=[p.lang for p in prompts].index)
+    complete = [i for i, texts in by_id.items() if len(texts) == len(langs)]  # parallel in every language
+    texts_by_lang = {lang: [by_id[i][lang] for i in complete] for lang in langs}
+    results = {}
+    for kind, specs in (("model", args.model), ("workdir", args.workdir)):
+      for spec in specs:
+        path, label = _labelled(spec)
+        if not os.path.isdir(path):
+          raise evaluate.EvalError(f"--{kind} {path}: no such directory")
+        if kind == "model":
+          model, tokenizer = load_hf(path), load_tokenizer(path)
+        else:
+          run, model, _, _ = restore_params(path)
+          tokenizer = load_tokenizer(run.tokenizer or run.model.hf_path or None)
+        spectra = layer_spectra(last_token_states(model, tokenizer, texts_by_lang, batch_size=args.batch_size))
+        results[label] = {k: v.tolist() for k, v in spectra.items()}
+        print(f"consistency: {label}: σ1 share by layer {' '.join(f'{x:.3f}' for x in spectra['sigma1_share'])}")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "consistency.json"), "w") as f:
+      json.dump({"dataset": args.dataset, "languages": langs, "prompts": len(complete), "models": results}, f,
+                indent=1)
+    plot_sigma1_share({k: v["sigma1_share"] for k, v in results.items()},
+                      os.path.join(args.out, "sigma1_share_by_layer.png"), languages=len(langs),
+                      title=f"Cross-lingual collinearity per layer: {args.dataset}, {len(complete)} prompts × "
+                            f"{len(langs)} languages")
+
+  return cli.run(body)
+
+
+if __name__ == "__main__":
+  import sys
+  sys.exit(main())

@@ -95,11 +95,15 @@ class Sampler:
     """The responses' texts (special tokens dropped); `sampling`: temperature, top_k, top_p, seed."""
     return [g.text for g in self.chat_detailed(prompts, system=system, **sampling)]
 
-  def chat_detailed(self, prompts: Sequence[str], *, system: str | None = None, temperature: float = 0.0,
-                    top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> list[Generation]:
-    """One `Generation` per prompt, in order (greedy by default; see `SamplingSettings`)."""
+  def chat_detailed(self, prompts: Sequence[str], *, system: str | None = None, **sampling) -> list[Generation]:
+    """One `Generation` per prompt, in order (greedy by default; `sampling`: temperature, top_k, top_p, seed)."""
+    return self.complete_detailed(self.encode(prompts, system=system), **sampling)
+
+  def complete_detailed(self, rows: Sequence[Sequence[int]], *, temperature: float = 0.0, top_k: int = 0,
+                        top_p: float = 1.0, seed: int = 0) -> list[Generation]:
+    """One `Generation` per prompt given as token ids (e.g. a whole conversation rendered by a chat template)."""
     settings = SamplingSettings(self.max_new_tokens, temperature, top_k, top_p, self.eos_ids, self.pad_id)
-    rows, cut = self._fit(self.encode(prompts, system=system))
+    rows, cut = self._fit([list(r) for r in rows])
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
     out: list[Generation | None] = [None] * len(rows)
     with tqdm(total=len(rows), desc="generate", unit="prompt", disable=not self.progress, dynamic_ncols=True) as bar:

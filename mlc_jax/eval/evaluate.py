@@ -1,0 +1,204 @@
+"""One multilingual safety evaluation: prompts → greedy generations in every language → verdicts → report.
+
+`OUT/` holds, each written as it is produced so that a killed run resumes where it stopped:
+  eval.json          what was evaluated (model content hash, dataset, languages, settings, judge)
+  generations.jsonl  one line per (prompt id, language): prompt, response, n_tokens, truncated
+  verdicts.jsonl     one line per generation: label (safe | unsafe | invalid), judge, the judge's raw output
+  summary.json, report.md, safety_by_language.png    (mlc_jax.eval.report)
+Running the same command again reuses every generation and verdict already there (nothing is generated or sent to
+a judge twice); an OUT that holds an evaluation of another model, dataset or settings is refused.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import unicodedata
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from mlc_jax.data.languages import resolve_languages
+from mlc_jax.data.prompts import prompt_table
+from mlc_jax.eval import metrics, report
+
+# The evaluation sets: our name → the TFDS dataset (prepared from --manual_dir like the training data).
+DATASETS = {"multijail": "multijail", "mlc_pku_test": "mlc_pku_saferlhf/dpo", "xsafety": "xsafety/aligned"}
+EVAL_FILE, GENERATIONS, VERDICTS = "eval.json", "generations.jsonl", "verdicts.jsonl"
+
+
+class EvalError(ValueError):
+  """A bad evaluation request; the message names the flag, the file or the language."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalPrompt:
+  id: int | str
+  lang: str
+  prompt: str
+
+
+def _plain(value):
+  return value.item() if hasattr(value, "item") else value
+
+
+def normalized_hash(text: str) -> str:
+  """A hash of `text` up to case, Unicode form and whitespace (train/test overlap is counted with it)."""
+  folded = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+  return hashlib.sha256(folded.encode()).hexdigest()[:20]
+
+
+def load_prompts(dataset: str, langs, *, limit: int | None, manual_dir: str, data_dir: str) -> list[EvalPrompt]:
+  """The prompts of `dataset` (a key of DATASETS) in `langs`, the first `limit` prompt ids (every language)."""
+  if dataset not in DATASETS:
+    raise EvalError(f"--dataset {dataset!r} is not one of {', '.join(DATASETS)}")
+  if limit is not None and limit < 1:
+    raise EvalError(f"--limit {limit} must be at least 1")
+  source = types.SimpleNamespace(source="tfds", path="", name=DATASETS[dataset], manual_dir=manual_dir,
+                                 data_dir=data_dir)
+  try:
+    ids, rows, available = prompt_table(source)
+    languages = resolve_languages(langs, available=available, key="--langs")
+  except (OSError, ValueError) as e:
+    raise EvalError(str(e).replace("data.langs", "--langs")) from e
+  rows = list(zip(ids, rows))[:limit]
+  return [EvalPrompt(_plain(i), lang, row[lang]) for lang in languages for i, row in rows if row[lang].strip()]
+
+
+def model_hash(directory: str) -> str:
+  """SHA-256 of an HF model directory's config and weights (the files' bytes), for the cache key."""
+  h = hashlib.sha256()
+  names = sorted(n for n in os.listdir(directory) if n.endswith(".safetensors") or n == "config.json")
+  for name in names:
+    h.update(name.encode())
+    with open(os.path.join(directory, name), "rb") as f:
+      for chunk in iter(lambda: f.read(1 << 24), b""):
+        h.update(chunk)
+  return h.hexdigest()[:24]
+
+
+def params_hash(model) -> str:
+  """SHA-256 of a model's parameters (the checkpoint's content, for --workdir)."""
+  from flax import nnx
+  h = hashlib.sha256()
+  for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    h.update("/".join(map(str, path)).encode())
+    h.update(np.ascontiguousarray(np.asarray(var.get_value())).tobytes())
+  return h.hexdigest()[:24]
+
+
+def _read_jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError:  # the half-written last line of a killed run: dropped and redone
+        break
+  return records
+
+
+def _append_jsonl(path: str, records: Sequence[dict]):
+  with open(path, "a", encoding="utf-8") as f:
+    for record in records:
+      f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def _rewrite_clean(path: str, records: list[dict]):
+  """Drops a half-written tail before appending (atomic rewrite of the good lines)."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+  os.replace(tmp, path)
+
+
+def check_out(out: str, identity: dict) -> None:
+  """Creates OUT for `identity`, or checks that it holds the same evaluation (to resume it)."""
+  path = os.path.join(out, EVAL_FILE)
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise EvalError(f"--out {out!r} is a file")
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+    changed = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+    if changed:
+      raise EvalError(f"--out {out!r} holds an evaluation with other {', '.join(changed)}; use a new --out "
+                      "(nothing there was changed)")
+    return
+  if os.path.isdir(out) and os.listdir(out):
+    raise EvalError(f"--out {out!r} is not empty and holds no {EVAL_FILE}; use a new --out")
+  os.makedirs(out, exist_ok=True)
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(identity, f, indent=2, ensure_ascii=False)
+
+
+def generate_all(out: str, prompts: Sequence[EvalPrompt], generate: Callable[[list[str]], list], *,
+                 batch_size: int) -> list[dict]:
+  """Generations for every prompt, resuming OUT/generations.jsonl; `generate(texts)` → Sampler Generations."""
+  path = os.path.join(out, GENERATIONS)
+  done = _read_jsonl(path)
+  _rewrite_clean(path, done)
+  have = {(r["id"], r["lang"]) for r in done}
+  todo = [p for p in prompts if (p.id, p.lang) not in have]
+  if done:
+    print(f"eval: {len(done)} generations already in {path}; {len(todo)} to go")
+  for start in range(0, len(todo), batch_size * 8):  # written every few batches: a kill loses little
+    chunk = todo[start:start + batch_size * 8]
+    records = [{"id": p.id, "lang": p.lang, "prompt": p.prompt, "response": g.text, "n_tokens": g.n_tokens,
+                "truncated": g.truncated} for p, g in zip(chunk, generate([p.prompt for p in chunk]))]
+    _append_jsonl(path, records)
+    done += records
+  wanted = {(p.id, p.lang) for p in prompts}
+  return [r for r in done if (r["id"], r["lang"]) in wanted]
+
+
+def judge_all(out: str, generations: Sequence[dict], judge, *, batch_size: int) -> list[dict]:
+  """A verdict per generation, resuming OUT/verdicts.jsonl."""
+  path = os.path.join(out, VERDICTS)
+  done = _read_jsonl(path)
+  _rewrite_clean(path, done)
+  have = {(r["id"], r["lang"]) for r in done}
+  todo = [g for g in generations if (g["id"], g["lang"]) not in have]
+  if done:
+    print(f"eval: {len(done)} verdicts already in {path}; {len(todo)} to go")
+  from tqdm import tqdm
+  with tqdm(total=len(todo), desc=f"judge {judge.name}", unit="response", dynamic_ncols=True) as bar:
+    for start in range(0, len(todo), batch_size):
+      chunk = todo[start:start + batch_size]
+      verdicts = judge.judge([(g["prompt"], g["response"], g["lang"]) for g in chunk])
+      records = [{"id": g["id"], "lang": g["lang"], "label": v.label, "judge": v.judge, "raw": v.raw,
+                  "categories": list(v.categories)} for g, v in zip(chunk, verdicts)]
+      _append_jsonl(path, records)
+      done += records
+      bar.update(len(chunk))
+  wanted = {(g["id"], g["lang"]) for g in generations}
+  return [r for r in done if (r["id"], r["lang"]) in wanted]
+
+
+def training_prompt_hashes(run) -> set[str] | None:
+  """Normalised hashes of every prompt (every language) a training run saw; None when its data is not a prompt
+  table (MPO pairs)."""
+  if run.objective.data_kind.name.startswith("MPO"):
+    return None
+  _, rows, _ = prompt_table(run.data)
+  return {normalized_hash(text) for row in rows for text in row.values() if text.strip()}
+
+
+def summarize_and_report(out: str, verdicts: Sequence[dict], *, seen_languages, judge, command: str,
+                         notes: Sequence[str]) -> dict:
+  summary = metrics.summarize(verdicts, seen_languages=seen_languages)
+  report.write_report(out, summary, judge_name=judge.name, judge_measures=judge.measures, command=command,
+                      notes=notes)
+  return summary
+
+
+def seen_languages_of(run) -> tuple[str, ...]:
+  """The languages a training run's `data.langs` names (the languages it trained on; MPO's dominant languages come
+  from its data and are not among them)."""
+  return resolve_languages(run.data.langs, key="data.langs")
