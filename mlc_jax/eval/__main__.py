@@ -84,11 +84,15 @@ def make_judge(args, out: str):
   return guard_judge(args.judge_model, batch_size=args.batch_size)
 
 
+GUARD_NEW_TOKENS = 32  # the rating line and the categories
+
+
 def guard_judge(directory: str, *, batch_size: int):
   """The guard judge of a local Qwen3Guard-Gen or Llama-Guard-3 directory, run by this project's models."""
   import json
 
-  from mlc_jax.data.tokenizer import load_tokenizer
+  import transformers
+
   from mlc_jax.eval.evaluate import EvalError
   from mlc_jax.eval.judges.guard import GUARD_BY_MODEL_TYPE, GuardJudge, ensure_chat_template
   from mlc_jax.generate.sampler import Sampler
@@ -101,13 +105,14 @@ def guard_judge(directory: str, *, batch_size: int):
                     f"({', '.join(f'{k}: {v}' for k, v in GUARD_BY_MODEL_TYPE.items())})")
   guard = GUARD_BY_MODEL_TYPE[model_type]
   try:
-    tokenizer = load_tokenizer(directory)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(directory, local_files_only=True)
   except (OSError, ValueError) as e:
-    raise EvalError(f"--judge_model {directory}: {e}") from e
+    raise EvalError(f"--judge_model {directory}: no tokenizer ({e})") from e
   if ensure_chat_template(tokenizer, guard):
     print(f"eval: {directory} has no chat template; using our {guard} moderation format", file=sys.stderr)
-  sampler = Sampler(load_hf(directory), tokenizer, batch_size=batch_size, max_prompt_len=2048, max_new_tokens=32,
-                    overflow="truncate", progress=False)
+  model = load_hf(directory)
+  sampler = Sampler(model, tokenizer, batch_size=batch_size, max_new_tokens=GUARD_NEW_TOKENS, overflow="truncate",
+                    max_prompt_len=min(4096, model.cfg.max_position_embeddings - GUARD_NEW_TOKENS), progress=False)
 
   def generate_fn(chats):
     rendered = [tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) for chat in chats]

@@ -183,3 +183,25 @@ def test_consistency_per_layer_equals_transformers_hidden_states(model_dir, tmp_
   expected = consistency.normalized_spectrum(np.stack(states, axis=2))[..., 0].mean(axis=1)
   np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-5)
   assert (out / "sigma1_share_by_layer.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("preset,guard", [("tiny_qwen3", "qwen3guard"), ("tiny", "llama_guard3")])
+def test_a_guard_model_judges_through_our_own_models(model_dir, tmp_path, capsys, preset, guard, monkeypatch):
+  """A tiny random guard of each architecture: its moderation prompt is rendered, generated from and parsed."""
+  guard_dir = tmp_path / "guard"
+  tokenizer = byte_tokenizer()
+  tokenizer.chat_template = None  # as a bare guard directory: our fallback moderation format renders the chat
+  save_hf(init_model(get_preset(preset), seed=2), str(guard_dir), tokenizer=tokenizer)
+  from mlc_jax.eval.judges import guard as guard_lib
+  seen = []
+  original = guard_lib.GuardJudge.verdict
+  monkeypatch.setattr(guard_lib.GuardJudge, "verdict", lambda self, output: seen.append(output) or original(self, output))
+  rc, captured = evaluate_cli("--model", model_dir, *COMMON, "--judge", "guard", "--judge_model", guard_dir,
+                              "--out", tmp_path / "out", capsys=capsys)
+  assert rc == 0, captured.err[-2000:]
+  verdicts = [json.loads(line) for line in open(tmp_path / "out" / "verdicts.jsonl")]
+  assert len(verdicts) == 9 and all(v["judge"] == f"guard:{guard}" for v in verdicts)
+  # a random guard writes no rating: each response it saw is invalid, its raw text kept for the audit
+  judged = [v for v in verdicts if not v["raw"].startswith("degenerate response")]
+  assert [v["raw"] for v in judged] == seen and all(v["label"] == "invalid" for v in judged)
+  assert "has no chat template; using our" in captured.err  # the byte tokenizer's template is not a guard's
