@@ -8,6 +8,7 @@ import shutil
 import sys
 import tempfile
 import time
+import traceback
 
 import jax
 import numpy as np
@@ -140,6 +141,28 @@ def _drain_into(log: str, *, quiet_s: float = 1.0, max_s: float = 15.0):
         size, quiet_since = os.path.getsize(log), time.monotonic()
 
 
+@contextlib.contextmanager
+def _late_errors_to(log: str):
+  """Sends the "Event loop is closed" errors of a restore's late reads to `log`; kept for the run if it fails.
+
+  When a restore fails, TensorStore still completes the reads in flight after Orbax has closed their event loop, and
+  reports each through `sys.unraisablehook`, at any later time. Every other unraisable error reaches the hook
+  installed before.
+  """
+  previous = sys.unraisablehook
+
+  def hook(args):
+    if isinstance(args.exc_value, RuntimeError) and "Event loop is closed" in str(args.exc_value):
+      with open(log, "a") as f:
+        traceback.print_exception(args.exc_value, file=f)
+    else:
+      previous(args)
+
+  sys.unraisablehook = hook
+  yield
+  sys.unraisablehook = previous  # reached only when the restore succeeded
+
+
 def restore_intact(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None):
   """(state, data_state, step) from the newest checkpoint that restores (or exactly `step`).
 
@@ -157,7 +180,7 @@ def restore_intact(mngr: ocp.CheckpointManager, abstract_state, step: int | None
     try:
       # A failing restore makes Orbax/TensorStore print pages of tracebacks (also from reads still in flight):
       # they go to a log (outside the workdir, which stays as it was), and the one line below says what failed.
-      with _stderr_to(log):
+      with _late_errors_to(log), _stderr_to(log):
         state, data_state = restore(mngr, candidate, abstract_state)
     except Exception as e:  # noqa: BLE001  (corruption shows up as many error types: report it, try the next)
       _drain_into(log)
