@@ -21,6 +21,8 @@ setup(
         "tensorboardX",
         "grain",
         "numpy",
+        # Every file of a workdir but Orbax's goes through epath: a local path or a URL (gs://, with the 'gcs' extra).
+        "etils[epath]",
         # TFDS builders (mlc_jax/data/tfds_builders), stored as ArrayRecord and read without TensorFlow;
         # tensorflow-datasets needs importlib_resources but does not declare it; openpyxl reads XSafety's .xlsx.
         "tensorflow-datasets>=4.9.10",
@@ -35,6 +37,8 @@ setup(
         # libtpu: the TPU compiler; on a CPU machine `python -m mlc_jax.compile` compiles for a TPU topology with it
         # (the pin is the one jax[tpu] 0.10.2 names). On a TPU VM install 'jax[tpu]' instead.
         "tpu": ["libtpu==0.0.42.*"],
+        # gs:// workdirs (docs/training.md, "Workdirs on Cloud Storage"): epath reaches GCS through fsspec's gcsfs.
+        "gcs": ["etils[epath-gcs]"],
         "test": ["pytest>=8", "torch==2.13.0", "mpmath", "libtpu==0.0.42.*"],
     },
 )

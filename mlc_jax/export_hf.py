@@ -2,6 +2,8 @@
 
   python -m mlc_jax.export_hf --workdir DIR [--step N] --out OUT [--dtype bfloat16] [--overwrite]
 
+DIR is the training workdir, a local path or a URL (gs://bucket/run); OUT is a local directory.
+
 OUT gets what `save_hf` writes (config.json, safetensors, tokenizer) and, when the run trained an MLC
 extractor, `mlc_extractor.safetensors` (kernel [hidden, dim], bias [dim]) with `mlc_extractor.json`
 (representation layer, τ, normalisation) — not part of the HF model, so transformers ignores it.
@@ -16,6 +18,7 @@ from typing import NamedTuple
 
 import jax
 import numpy as np
+from etils import epath
 from safetensors.numpy import save_file
 
 from mlc_jax import cli
@@ -35,16 +38,17 @@ class RestoredRun(NamedTuple):
 
 
 def load_run_config(workdir: str):
-  """The RunConfig of the run in `workdir` (from its config.json)."""
+  """The RunConfig of the run in `workdir` (a local path or a URL; from its config.json)."""
   import ml_collections
 
   from mlc_jax.config import RunConfig
 
-  config_file = os.path.join(workdir, "config.json")
-  if not os.path.isfile(config_file):
-    raise FileNotFoundError(f"{config_file} is missing: {workdir!r} is not a training workdir")
-  with open(config_file) as f:
-    return RunConfig.parse(ml_collections.ConfigDict(json.load(f)))
+  from mlc_jax.train.workdir import CONFIG_FILE, read_config
+
+  saved = read_config(workdir)
+  if saved is None:
+    raise FileNotFoundError(f"{epath.Path(workdir) / CONFIG_FILE} is missing: {workdir!r} is not a training workdir")
+  return RunConfig.parse(ml_collections.ConfigDict(saved))
 
 
 def restore_params(workdir: str, step: int | None = None, *, mesh=None, to_host: bool = False) -> RestoredRun:
@@ -84,10 +88,17 @@ def export(workdir: str, out: str, *, step: int | None = None, dtype=None, overw
   from mlc_jax.models import save_hf
   from mlc_jax.models.hf_io import check_output_dir
 
+  from mlc_jax.train.workdir import is_remote
+
+  if is_remote(out):
+    raise ValueError(f"--out {out!r}: the export is written to a local directory (copy it to a bucket afterwards)")
   run = load_run_config(workdir)
-  sources = {"training workdir": workdir, **({"starting model": run.model.hf_path} if run.model.hf_path else {})}
-  protected = {what: os.path.join(workdir, name) for what, name in (("checkpoints", "checkpoints"), (
-      "reference cache", "reference"), ("TensorBoard logs", "tensorboard"))}
+  sources = {"starting model": run.model.hf_path} if run.model.hf_path else {}
+  protected = {}
+  if not is_remote(workdir):  # (a local --out cannot lie inside a URL workdir)
+    sources["training workdir"] = workdir
+    protected = {what: os.path.join(workdir, name) for what, name in (("checkpoints", "checkpoints"), (
+        "reference cache", "reference"), ("TensorBoard logs", "tensorboard"))}
   check_output_dir(out, overwrite=overwrite, sources=sources, protected=protected)
   run, model, extractor, step = restore_params(workdir, step, to_host=True)
   tokenizer = load_tokenizer(run.tokenizer or run.model.hf_path or None)

@@ -5,31 +5,31 @@ Reads each output folder's ``summary.json`` (written by ``mlc_jax.eval.report``)
 the judge), ``comparison.json`` (the same numbers as fractions) and ``comparison.png`` (grouped bars of
 per-language safety, one colour per run, its mean, variance and PAG in the legend; a run's unseen languages
 hatched). Labels default to the folders' names. A folder without ``summary.json`` is a one-line error naming it.
+Every folder is a local path or a URL (``gs://…``), read and written through ``epath``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 
+from etils import epath
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from mlc_jax.eval.report import SUMMARY_FILE, UNSEEN_HATCH, format_pag, percent, split_of
+from mlc_jax.eval.report import SUMMARY_FILE, UNSEEN_HATCH, format_pag, percent, save_png, split_of
 
 COMPARISON_FILES = ("comparison.md", "comparison.json", "comparison.png")
 
 
 def load_summary(out_dir: str) -> dict:
   """The ``summary.json`` of an evaluation output folder; a missing or unreadable one is an error naming it."""
-  path = os.path.join(out_dir, SUMMARY_FILE)
-  if not os.path.isfile(path):
+  path = epath.Path(out_dir) / SUMMARY_FILE
+  if not path.is_file():
     raise ValueError(f"{out_dir}: no {SUMMARY_FILE} (not an evaluation output folder, or its run did not finish)")
   try:
-    with open(path, encoding="utf-8") as f:
-      return json.load(f)
+    return json.loads(path.read_text())
   except json.JSONDecodeError as e:
     raise ValueError(f"{path}: not valid JSON ({e})") from None
 
@@ -102,19 +102,17 @@ def plot_comparison(table: dict, path: str) -> None:
   if any(run["unseen_languages"] for run in runs):
     handles.append(Patch(facecolor="white", edgecolor="black", hatch=UNSEEN_HATCH, label="unseen language"))
   ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-  fig.savefig(path, dpi=120)
+  save_png(fig, path)
 
 
 def write_comparison(out_dir: str, summaries: Sequence[dict], labels: Sequence[str]) -> dict[str, str]:
   """Writes comparison.md, comparison.json and comparison.png into ``out_dir``; returns their paths."""
   table = comparison(summaries, labels)
-  os.makedirs(out_dir, exist_ok=True)
-  paths = {name: os.path.join(out_dir, name) for name in COMPARISON_FILES}
-  with open(paths["comparison.md"], "w", encoding="utf-8") as f:
-    f.write(format_comparison(table))
-  with open(paths["comparison.json"], "w", encoding="utf-8") as f:
-    json.dump(table, f, indent=2, ensure_ascii=False)
-    f.write("\n")
+  out = epath.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  paths = {name: str(out / name) for name in COMPARISON_FILES}
+  (out / "comparison.md").write_text(format_comparison(table))
+  (out / "comparison.json").write_text(json.dumps(table, indent=2, ensure_ascii=False) + "\n")
   plot_comparison(table, paths["comparison.png"])
   return paths
 
@@ -125,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--out", required=True, help="folder for comparison.md / .json / .png")
   parser.add_argument("--labels", help="comma-separated run labels (default: the folders' names)")
   args = parser.parse_args(argv)
-  labels = args.labels.split(",") if args.labels else [os.path.basename(os.path.normpath(run)) for run in args.runs]
+  labels = args.labels.split(",") if args.labels else [epath.Path(run).name for run in args.runs]
   try:
     paths = write_comparison(args.out, [load_summary(run) for run in args.runs], labels)
   except ValueError as e:

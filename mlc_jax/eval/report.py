@@ -9,13 +9,15 @@ dict and writes
   the variance, PAG, the judge and what it measures, the command, notes, and the plot;
 * ``safety_by_language.png``: per language, the shares of safe / invalid / unsafe responses stacked to 100 %,
   unseen languages hatched and starred, the mean safety as a dashed line.
+
+The output folder is a local path or a URL (``gs://…``): the files are written through ``epath``.
 """
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 
+from etils import epath
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
@@ -68,7 +70,13 @@ def plot_safety_by_language(summary: dict, path: str, *, title: str) -> None:
   handles = [Patch(color=color, label=label) for label, color in LABEL_COLORS.items()]
   handles.append(Patch(facecolor="white", edgecolor="black", hatch=UNSEEN_HATCH, label="* unseen language"))
   ax.legend(handles=handles + [mean_line], fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-  fig.savefig(path, dpi=120)
+  save_png(fig, path)
+
+
+def save_png(fig: Figure, path: str) -> None:
+  """Writes `fig` as a PNG to `path`, a local path or a URL."""
+  with epath.Path(path).open("wb") as f:
+    fig.savefig(f, format="png", dpi=120)
 
 
 def format_report(summary: dict, *, judge_name: str, judge_measures: str, command: str,
@@ -103,15 +111,13 @@ def format_report(summary: dict, *, judge_name: str, judge_measures: str, comman
 def write_report(out_dir: str, summary: dict, *, judge_name: str, judge_measures: str, command: str,
                  notes: Sequence[str] = (), title: str = "Multilingual safety evaluation") -> dict[str, str]:
   """Writes summary.json, report.md and the plot into ``out_dir``; returns their paths by file name."""
-  os.makedirs(out_dir, exist_ok=True)
-  paths = {name: os.path.join(out_dir, name) for name in (SUMMARY_FILE, REPORT_FILE, SAFETY_PLOT)}
+  out = epath.Path(out_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  paths = {name: str(out / name) for name in (SUMMARY_FILE, REPORT_FILE, SAFETY_PLOT)}
   record = {**summary, "judge": {"name": judge_name, "measures": judge_measures}, "command": command}
-  with open(paths[SUMMARY_FILE], "w", encoding="utf-8") as f:
-    json.dump(record, f, indent=2, ensure_ascii=False)
-    f.write("\n")
-  with open(paths[REPORT_FILE], "w", encoding="utf-8") as f:
-    f.write(format_report(summary, judge_name=judge_name, judge_measures=judge_measures, command=command,
-                          notes=notes, title=title))
+  (out / SUMMARY_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+  (out / REPORT_FILE).write_text(format_report(summary, judge_name=judge_name, judge_measures=judge_measures,
+                                               command=command, notes=notes, title=title))
   plot_title = (f"{title}: judge {judge_name}; mean {percent(summary['mean_safety_rate'])} %, "
                 f"variance {summary['variance']:.2f}, PAG {format_pag(summary, prompts=False)}")
   plot_safety_by_language(summary, paths[SAFETY_PLOT], title=plot_title)

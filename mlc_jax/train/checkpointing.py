@@ -1,4 +1,5 @@
-"""Orbax checkpoints of the train state and the data-iterator position under WORKDIR/checkpoints."""
+"""Orbax checkpoints of the train state and the data-iterator position under WORKDIR/checkpoints (a local path or a
+URL: Orbax writes `gs://` natively)."""
 from __future__ import annotations
 
 import contextlib
@@ -13,13 +14,17 @@ import traceback
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from mlc_jax.train.workdir import is_remote
 
 
 def manager(workdir: str, *, keep: int, every: int, async_save: bool) -> ocp.CheckpointManager:
   """Keeps the last `keep` checkpoints; `save` writes every `every` steps (or when forced)."""
   options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
                                          enable_async_checkpointing=async_save, create=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
+  directory = epath.Path(workdir) / "checkpoints"
+  return ocp.CheckpointManager(directory if is_remote(workdir) else directory.resolve(), options=options,
                                item_names=("state", "data"))
 
 
@@ -62,10 +67,11 @@ SPACE_MARGIN, SPACE_OVERHEAD = 1.1, 2**20
 def save(mngr: ocp.CheckpointManager, step: int, state, data_state: dict, *, force: bool = False) -> bool:
   """Saves (asynchronously with `async_save`) at `step` when due or `force`d; a full disk is a clear error.
 
-  Free space is checked first, so the usual full disk is refused before Orbax starts writing (no partial files, no
-  background tracebacks); a disk that fills during the write is reported the same way when the save fails.
+  Free space on a local disk is checked first, so the usual full disk is refused before Orbax starts writing (no
+  partial files, no background tracebacks); a disk that fills during the write is reported the same way when the save
+  fails.
   """
-  if force or mngr.should_save(step):
+  if (force or mngr.should_save(step)) and not is_remote(mngr.directory):
     needed = int(_state_bytes(state) * SPACE_MARGIN) + SPACE_OVERHEAD
     if shutil.disk_usage(str(mngr.directory)).free < needed:
       raise _disk_full(mngr, needed)
@@ -193,8 +199,8 @@ def restore_intact(mngr: ocp.CheckpointManager, abstract_state, step: int | None
       os.remove(log)
     newer = [s for s in steps if s > candidate]
     for s in newer:
-      aside = os.path.join(str(mngr.directory), f"skipped-{s}-{time.strftime('%Y%m%d-%H%M%S')}")
-      os.rename(os.path.join(str(mngr.directory), str(s)), aside)
+      aside = (epath.Path(mngr.directory) / str(s)).rename(
+          epath.Path(mngr.directory) / f"skipped-{s}-{time.strftime('%Y%m%d-%H%M%S')}")
       print(f"checkpoint: moved step {s} aside to {aside}")
     if newer:
       mngr.reload()

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
+from etils import epath
 from tqdm import tqdm
 
 from mlc_jax.train.step import batch_sharding, to_device
@@ -32,16 +32,17 @@ def cache_key(model_identity: dict, data, input_keys: Sequence[str]) -> str:
 
 def precompute(fn, initial_params: Callable[[], dict], data, *, input_keys: Sequence[str],
                output_keys: Sequence[str], batch_size: int, mesh, cache_dir: str, model_identity: dict,
-               name: str) -> dict[str, np.ndarray]:
-  """`{key: [N, …]}` for `output_keys`, read from or written to `cache_dir/<name>-<hash>.npz`.
+               name: str, write_cache: bool = True) -> dict[str, np.ndarray]:
+  """`{key: [N, …]}` for `output_keys`, read from or written to `cache_dir/<name>-<hash>.npz` (a local path or a URL;
+  written only with `write_cache`).
 
   `fn(model_params, batch)` maps a batch of the `input_keys` arrays of `data` (`[B, T]`) to the outputs
   (`[B, …]`, see `step.make_precompute_fn`). `initial_params()` gives the initial model's parameters; it is called
   only when the cache misses, and they are released before this returns.
   """
-  path = os.path.join(cache_dir, f"{name}-{cache_key(model_identity, data, input_keys)}.npz")
-  if os.path.isfile(path):
-    with np.load(path) as cached:
+  path = epath.Path(cache_dir) / f"{name}-{cache_key(model_identity, data, input_keys)}.npz"
+  if path.is_file():
+    with path.open("rb") as f, np.load(f) as cached:
       if set(output_keys) <= set(cached.files):
         print(f"{name}: cached ({path})")
         return {k: cached[k] for k in output_keys}
@@ -59,9 +60,11 @@ def precompute(fn, initial_params: Callable[[], dict], data, *, input_keys: Sequ
       if k not in out:
         out[k] = np.zeros((n, *value.shape[1:]), value.dtype)
       out[k][start:start + keep] = value[:keep]
-  os.makedirs(cache_dir, exist_ok=True)
-  tmp = path + ".tmp.npz"
-  np.savez(tmp, **out)
-  os.replace(tmp, path)
-  print(f"{name}: computed for {n} examples, cached at {path}")
+  if write_cache:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    with tmp.open("wb") as f:
+      np.savez(f, **out)
+    tmp.replace(path)
+    print(f"{name}: computed for {n} examples, cached at {path}")
   return out

@@ -14,6 +14,7 @@ from collections.abc import Callable
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 from tqdm import tqdm
 
 from mlc_jax.config import ConfigError, RunConfig, run_altering_differences, to_json, validate
@@ -100,16 +101,20 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, allow_config_chang
   """Trains to `total_steps`, resuming from the newest intact checkpoint in WORKDIR (or `restore_step`); returns
   the last logged metrics.
 
-  WORKDIR is locked for the run's life. Its config.json is (re)written only once the run has started fresh or
-  restored its checkpoint, so a failed resume leaves the workdir as it was.
+  WORKDIR (a local path or a URL such as gs://bucket/run) is locked for the run's life. Its config.json is (re)written
+  only once the run has started fresh or restored its checkpoint, so a failed resume leaves the workdir as it was.
   """
   prepared = prepare(config, workdir, allow_config_change=allow_config_change)
-  os.makedirs(workdir, exist_ok=True)
-  with workdir_lib.Lock(workdir):
-    return _train(prepared, config, workdir, restore_step, on_step)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  # Every host of a multi-host run shares a URL workdir: only process 0 writes our files there (Orbax coordinates
+  # its own); a local path is each host's own.
+  primary = jax.process_index() == 0 or not workdir_lib.is_remote(workdir)
+  with workdir_lib.lock(workdir, primary=primary):
+    return _train(prepared, config, workdir, primary, restore_step, on_step)
 
 
-def _train(prepared: Prepared, config, workdir: str, restore_step: int | None, on_step: StepHook | None) -> dict:
+def _train(prepared: Prepared, config, workdir: str, primary: bool, restore_step: int | None,
+           on_step: StepHook | None) -> dict:
   run, objective = prepared.run, prepared.run.objective
   mlc = run.mlc if run.mlc.enabled else None
   mesh = make_mesh(prepared.mesh_shape)
@@ -130,21 +135,22 @@ def _train(prepared: Prepared, config, workdir: str, restore_step: int | None, o
       raise checkpointing.CheckpointError(f"--restore_step {restore_step}: {workdir} holds no checkpoint")
     else:
       state = None
-    workdir_lib.write_config(workdir, to_json(config))
+    if primary:
+      workdir_lib.write_config(workdir, to_json(config))
     reference, pre = None, objective.precomputed(run, prepared.tokenizer)
     if pre is not None:  # from the initial weights
       reference = precompute(make_precompute_fn(spec, pre.fn, mesh), lambda: initial_model_params(spec, run),
                              prepared.data, input_keys=pre.input_keys, output_keys=pre.output_keys,
                              batch_size=run.micro_batch_size, mesh=mesh, name=pre.name,
-                             cache_dir=os.path.join(workdir, "reference"),
+                             cache_dir=str(epath.Path(workdir) / "reference"), write_cache=primary,
                              model_identity={**_model_identity(run, prepared.model_cfg), **pre.identity})
     sample = objective.sampling_step(spec, run, mesh, prepared.tokenizer)
     if state is None:
       state = init_train_state(spec, run)
     train_step = make_train_step(spec, objective, mlc, mesh=mesh, num_languages=len(prepared.data.languages))
     peak = run.train.peak_flops or devices.peak_flops(jax.devices()[0].device_kind)
-    writer = MetricsWriter(workdir, log_every=run.train.log_every, languages=prepared.data.languages,
-                           peak_flops=peak * jax.device_count() if peak else None)
+    writer = MetricsWriter(workdir if primary else None, log_every=run.train.log_every,
+                           languages=prepared.data.languages, peak_flops=peak * jax.device_count() if peak else None)
     describe = lambda: f"mesh {dict(mesh.shape)}; {_last_checkpoint(ckpt, workdir)}"
     step = int(state.step)
     with StepWatchdog(run.train.step_timeout_s, describe) as watchdog, writer, \
@@ -175,7 +181,8 @@ def _train(prepared: Prepared, config, workdir: str, restore_step: int | None, o
         if logged:
           bar.set_postfix({k: f"{logged[k]:.4g}" for k in ("loss", "reward_acc", "tokens_per_s") if k in logged})
         bar.update(1)
-        checkpointing.save(ckpt, step, state, iterator.get_state(), force=step == prepared.total_steps)
+        if checkpointing.save(ckpt, step, state, iterator.get_state(), force=step == prepared.total_steps):
+          writer.flush()  # every step up to a checkpoint has its metrics in the workdir
         if on_step is not None:
           on_step(step, state)
         if watchdog.preempted:
@@ -187,8 +194,8 @@ def _train(prepared: Prepared, config, workdir: str, restore_step: int | None, o
       checkpointing.wait(ckpt, state)
   finally:
     ckpt.close()
-  print(f"done: {step} steps; checkpoints in {os.path.join(workdir, 'checkpoints')}, metrics in "
-        f"{os.path.join(workdir, 'metrics.jsonl')}")
+  print(f"done: {step} steps; checkpoints in {epath.Path(workdir) / 'checkpoints'}, metrics in "
+        f"{epath.Path(workdir) / 'metrics.jsonl'}")
   return writer.last
 
 
