@@ -8,9 +8,12 @@ Sources:
        "chosen": {"from": "gpt", "value": <English response>}, "rejected": {"from": "gpt", "value": ...},
        "prompt_zh": [{"from": "human", "value": <Chinese prompt>}], "prompt_ar": [...], ...}
 
+  The pair answers the English prompt unless the row names another of its languages in an optional
+  ``"pair_language": "sw"`` field (our extension: SFT data whose responses are in the prompt's language).
+
   ``tfds``: a prepared TFDS dataset (``mlc_pku_saferlhf/dpo``).
 
-In these the pair is written for the English prompt (``pair_language == "en"``). MPO's data
+In ``builtin`` and ``tfds`` the pair is written for the English prompt (``pair_language == "en"``). MPO's data
 (``mpo_pairs/{llama,gemma,qwen}``, read by ``load_mpo_pairs``) holds each pair twice, in a dominant language
 and in a target language (``MpoExample``).
 """
@@ -181,13 +184,17 @@ def read_mlc_jsonl(
             "bare end-of-sequence)"
         )
       responses[field] = text
+    pair_language = row.get("pair_language", PAIR_LANGUAGE)
+    if pair_language not in prompts:
+      raise ValueError(f"{where}: 'pair_language' {pair_language!r} is not among the languages read "
+                       f"({list(prompts)}; data.langs must include it)")
     examples.append(
         PreferenceExample(
             index=len(examples),
             prompts=prompts,
             chosen=responses["chosen"],
             rejected=responses["rejected"],
-            pair_language=PAIR_LANGUAGE,
+            pair_language=pair_language,
         )
     )
   if not examples:

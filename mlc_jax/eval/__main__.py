@@ -25,7 +25,8 @@ def parse_args(argv):
   which.add_argument("--model", help="a Hugging Face model directory (with its tokenizer)")
   which.add_argument("--workdir", help="a training run's workdir (its checkpoint and tokenizer)")
   p.add_argument("--step", type=int, default=None, help="with --workdir: the checkpoint step (default: the latest)")
-  p.add_argument("--dataset", required=True, help="multijail | mlc_pku_test | xsafety")
+  p.add_argument("--dataset", required=True, help="multijail | mlc_pku_test | xsafety, or a prompt table file "
+                 "(.jsonl, one {\"id\": …, \"prompt\": {lang: text}} a line)")
   p.add_argument("--langs", default="multijail", help="a language set or codes (en,zh,sw)")
   p.add_argument("--limit", type=int, default=None, help="only the first N prompts (in every language)")
   p.add_argument("--max_new_tokens", type=int, default=256)

@@ -50,16 +50,46 @@ def normalized_hash(text: str) -> str:
   return hashlib.sha256(folded.encode()).hexdigest()[:20]
 
 
+def read_prompt_file(path: str) -> tuple[list, list[dict[str, str]], tuple[str, ...]]:
+  """`(ids, rows, languages)` of a prompt table file: one JSON object a line, ``{"id": …, "prompt": {lang: text}}``
+  (the languages are those every row has)."""
+  from mlc_jax.data.text_files import read_text, where
+  ids, rows = [], []
+  for lineno, line in enumerate(read_text(path).splitlines(), start=1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise EvalError(f"{where(path, lineno)}: invalid JSON ({e.msg} at column {e.colno})") from None
+    if (not isinstance(row, dict) or "id" not in row or not isinstance(row.get("prompt"), dict)
+        or not all(isinstance(v, str) for v in row["prompt"].values())):
+      raise EvalError(f"{where(path, lineno)}: expected {{\"id\": …, \"prompt\": {{language: text, …}}}}, got "
+                      f"{line[:120]!r}")
+    ids.append(row["id"])
+    rows.append(row["prompt"])
+  if not rows:
+    raise EvalError(f"--dataset {path}: no prompts (the file is empty)")
+  if len(set(ids)) != len(ids):
+    raise EvalError(f"--dataset {path}: prompt ids repeat ({sorted({i for i in ids if ids.count(i) > 1})[:5]})")
+  languages = tuple(lang for lang in rows[0] if all(lang in r for r in rows))
+  return ids, rows, languages
+
+
 def load_prompts(dataset: str, langs, *, limit: int | None, manual_dir: str, data_dir: str) -> list[EvalPrompt]:
-  """The prompts of `dataset` (a key of DATASETS) in `langs`, the first `limit` prompt ids (every language)."""
-  if dataset not in DATASETS:
-    raise EvalError(f"--dataset {dataset!r} is not one of {', '.join(DATASETS)}")
+  """The prompts of `dataset` (a key of DATASETS or a prompt table file, `read_prompt_file`) in `langs`, the first
+  `limit` prompt ids (every language)."""
+  is_file = dataset.endswith(".jsonl")
+  if not is_file and dataset not in DATASETS:
+    raise EvalError(f"--dataset {dataset!r} is not one of {', '.join(DATASETS)} nor a prompt table file (.jsonl)")
+  if is_file and not os.path.isfile(dataset):
+    raise EvalError(f"--dataset {dataset}: no such file")
   if limit is not None and limit < 1:
     raise EvalError(f"--limit {limit} must be at least 1")
-  source = types.SimpleNamespace(source="tfds", path="", name=DATASETS[dataset], manual_dir=manual_dir,
+  source = types.SimpleNamespace(source="tfds", path="", name=DATASETS.get(dataset), manual_dir=manual_dir,
                                  data_dir=data_dir)
   try:
-    ids, rows, available = prompt_table(source)
+    ids, rows, available = read_prompt_file(dataset) if is_file else prompt_table(source)
     languages = resolve_languages(langs, available=available, key="--langs")
   except (OSError, ValueError) as e:
     raise EvalError(str(e).replace("data.langs", "--langs")) from e

@@ -23,6 +23,10 @@ PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(family="llama", vocab_size=512, hidden_size=64, intermediate_size=176, num_layers=2,
                         num_heads=4, num_kv_heads=2, head_dim=16, rope_theta=10000.0,
                         max_position_embeddings=2048, tie_embeddings=False),
+    # A few-M-parameter Llama on the byte tokenizer: the CPU transfer experiment's model (issue 16).
+    "small": ModelConfig(family="llama", vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=4,
+                         num_heads=4, num_kv_heads=2, head_dim=32, rope_theta=10000.0,
+                         max_position_embeddings=2048, tie_embeddings=False),
     "llama3p2_1b": ModelConfig(**{**_LLAMA3, "head_dim": 64}, hidden_size=2048, intermediate_size=8192,
                                num_layers=16, num_heads=32, tie_embeddings=True, rope_scaling=_llama3_rope(32.0)),
     "llama3p2_3b": ModelConfig(**_LLAMA3, hidden_size=3072, intermediate_size=8192, num_layers=28, num_heads=24,

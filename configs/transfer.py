@@ -1,0 +1,79 @@
+"""The CPU transfer experiment (docs/experiments/transfer.md): a misaligned start, then English-only DPO ± MLC.
+
+  python -m mlc_jax.train --config configs/transfer.py:stage=sft,task=TASK --workdir runs/transfer/start
+  python -m mlc_jax.train --config configs/transfer.py:stage=dpo_mlc,task=TASK,start=START_HF \\
+      --config.train.seed=1 --workdir runs/transfer/dpo_mlc-1
+
+`scripts/experiment_transfer.py` writes TASK (mlc_jax/experiments/transfer_task.py) and runs every stage; these
+commands are what it runs. ARG is `key=value` pairs separated by commas:
+  stage  sft (the misaligned start: every train prompt in every language answered by its compliance) |
+         dpo (English pairs only) | dpo_mlc (the same pairs plus MLC on the prompt variants in the seen languages)
+  task   the folder with sft.jsonl / align.jsonl (required)
+  start  the start model's HF export (dpo, dpo_mlc: required)
+  langs  the start model's languages (a set name or codes joined by '+') [multijail]
+  seen   the alignment's languages joined by '+', English first [en+zh+ar+bn+sw]
+
+Settings: SFT and the alignment runs share the model (`small`, 0.9M parameters, byte tokenizer) and the token
+budgets. DPO and DPO+MLC differ only in mlc.enabled; both start from the same export, read the same pairs and take
+the same steps at the same learning rate. β, λ, τ, the MLC layer, the steps and the learning rate were chosen on the
+validation split (`scripts/experiment_transfer.py --select`, docs/experiments/transfer.md), never on the test split.
+"""
+import os
+import types
+
+from mlc_jax.config import ConfigError, base_config, parse_arg
+
+STAGES = ("sft", "dpo", "dpo_mlc")
+
+# The token budgets (byte tokenizer: a token is a UTF-8 byte): prompts keep their last 128 bytes (the MultiJail
+# median is 51 bytes in English, 140 in Bengali); the longest templated response (Bengali) is 250 bytes.
+PROMPT_LEN = 128
+SFT_RESPONSE_LEN = 256
+ALIGN_RESPONSE_LEN = 96  # the English templates: 38 and 87 bytes
+SFT = dict(steps=400, lr=3e-3, batch_size=32)
+ALIGN = dict(steps=120, lr=1e-3, batch_size=16, beta=0.1)
+MLC = dict(weight=0.8, tau=0.2, layer=-1, aux_every=1, extractor_dim=64)
+
+
+def get_config(arg=None):
+  a = parse_arg(arg, file="configs/transfer.py", choices=dict(stage=STAGES),
+                defaults=dict(stage="sft", task="", start="", langs="multijail", seen="en+zh+ar+bn+sw"))
+  if not a["task"]:
+    raise ConfigError("configs/transfer.py: task=DIR is required (the folder scripts/experiment_transfer.py writes)")
+  args = types.SimpleNamespace(**a)
+  c = base_config()
+  c.model.preset = "small"
+  c.data.source = "mlc_jsonl"
+  c.data.max_prompt_len = PROMPT_LEN
+  c.data.mlc_prompt_len = PROMPT_LEN
+  c.optim.warmup_ratio = 0.1
+  c.train.grad_accum = 1
+  c.train.log_every = 10
+  c.checkpoint.keep = 1
+  if args.stage == "sft":
+    c.objective.name = "sft"
+    c.mlc.enabled = False
+    c.data.path = os.path.join(args.task, "sft.jsonl")
+    c.data.langs = args.langs.replace("+", ",")
+    c.data.max_response_len = SFT_RESPONSE_LEN
+    c.optim.lr = SFT["lr"]
+    c.train.batch_size = SFT["batch_size"]
+    c.train.steps = SFT["steps"]
+    c.checkpoint.every = SFT["steps"]
+    return c
+  if not args.start:
+    raise ConfigError(f"configs/transfer.py: stage={args.stage} needs start=HF_DIR (the start model's export)")
+  c.model.hf_path = args.start
+  c.objective.name = "dpo"
+  c.objective.dpo.beta = ALIGN["beta"]
+  c.data.path = os.path.join(args.task, "align.jsonl")
+  c.data.langs = args.seen.replace("+", ",")
+  c.data.max_response_len = ALIGN_RESPONSE_LEN
+  c.optim.lr = ALIGN["lr"]
+  c.train.batch_size = ALIGN["batch_size"]
+  c.train.steps = ALIGN["steps"]
+  c.checkpoint.every = ALIGN["steps"]
+  c.mlc.enabled = args.stage == "dpo_mlc"
+  for key, value in MLC.items():
+    setattr(c.mlc, key, value)
+  return c
