@@ -22,14 +22,10 @@ import os
 import types
 
 from mlc_jax.config import ConfigError, base_config, parse_arg
+from mlc_jax.experiments.transfer_task import ALIGN_RESPONSE_LEN, PROMPT_LEN, RESPONSE_LEN
 
 STAGES = ("sft", "dpo", "dpo_mlc")
 
-# The token budgets (byte tokenizer: a token is a UTF-8 byte): prompts keep their last 128 bytes (the MultiJail
-# median is 51 bytes in English, 140 in Bengali); the longest templated response (Bengali) is 250 bytes.
-PROMPT_LEN = 128
-SFT_RESPONSE_LEN = 256
-ALIGN_RESPONSE_LEN = 96  # the English templates: 38 and 87 bytes
 SFT = dict(steps=400, lr=3e-3, batch_size=32)
 ALIGN = dict(steps=120, lr=1e-3, batch_size=16, beta=0.1)
 MLC = dict(weight=0.8, tau=0.2, layer=-1, aux_every=1, extractor_dim=64)
@@ -55,7 +51,7 @@ def get_config(arg=None):
     c.mlc.enabled = False
     c.data.path = os.path.join(args.task, "sft.jsonl")
     c.data.langs = args.langs.replace("+", ",")
-    c.data.max_response_len = SFT_RESPONSE_LEN
+    c.data.max_response_len = RESPONSE_LEN
     c.optim.lr = SFT["lr"]
     c.train.batch_size = SFT["batch_size"]
     c.train.steps = SFT["steps"]

@@ -1,62 +1,73 @@
-"""The main job: train the demo config end to end on the CPU, export to HF, reload the export in transformers.
+"""The main job: make a small model unsafe in five languages, align it with English pairs by DPO and by DPO+MLC,
+judge it on held-out prompts per language, then export the DPO+MLC model and check it in transformers.
 
-  python scripts/demo.py [--workdir runs/demo] [--config.KEY=VALUE …]
+  python scripts/demo.py [--out runs/demo]
 
-Running it again resumes the finished run (nothing left to train) and exports again.
+Built-in data only (the transfer experiment's `builtin` setting, docs/experiments/transfer.md): 42 mild harmful
+requests and 40 benign ones in en zh ar bn sw, split by prompt id; the alignment sees English responses only, with
+MLC's prompt variants in zh ar sw; Bengali stays unseen. Running it again reuses what is finished.
 """
 import argparse
+import json
 import os
 import sys
 
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def first_reply(generations: str, lang: str) -> dict:
+  with open(generations, encoding="utf-8") as f:
+    return next(r for r in map(json.loads, f) if r["lang"] == lang)
+
+
+def check_export(workdir: str, prompt: str) -> float:
+  """Exports `workdir`, reloads it in transformers (PyTorch) → the largest logit difference on `prompt`."""
+  import jax.numpy as jnp
+  import torch
+  import transformers
+
+  from mlc_jax.export_hf import export, restore_params
+  export_dir = export(workdir, os.path.join(workdir, "hf_export"), overwrite=True)
+  hf = transformers.AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch.float32)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(export_dir)
+  text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                       tokenize=False)
+  ids = tokenizer(text, add_special_tokens=False, return_tensors="np")["input_ids"]
+  with torch.no_grad():
+    ref = hf(torch.tensor(ids)).logits.numpy()
+  _, ours, _, _ = restore_params(workdir)
+  return float(np.abs(np.asarray(ours(jnp.asarray(ids))) - ref).max())
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "demo"))
-  args, overrides = parser.parse_known_args()
+  parser.add_argument("--out", default=os.path.join(ROOT, "runs", "demo"))
+  args = parser.parse_args()
 
-  from mlc_jax.train import __main__ as train_cli
-  workdir, export_dir = args.workdir, os.path.join(args.workdir, "hf_export")
-  print(f"== 1/3 training configs/demo.py into {workdir}")
-  rc = train_cli.main(["--config", os.path.join(ROOT, "configs", "demo.py"), "--workdir", workdir, *overrides])
-  if rc:
-    sys.exit(rc)
+  from mlc_jax.experiments import transfer
+  setting = transfer.SETTINGS["builtin"]
+  summary = transfer.run(args.out, setting=setting, budget=transfer.BUDGETS["demo"], manual_dir="")
+  out = os.path.abspath(args.out)
 
-  print(f"== 2/3 exporting the last checkpoint to {export_dir}")
-  from mlc_jax.export_hf import export, restore_params
-  export(workdir, export_dir, overwrite=True)
+  before = first_reply(os.path.join(out, "eval", "start", "harmful", "generations.jsonl"), "sw")
+  after = first_reply(os.path.join(out, "eval", "dpo_mlc-s0", "harmful", "generations.jsonl"), "sw")
+  dpo = first_reply(os.path.join(out, "eval", "dpo-s0", "harmful", "generations.jsonl"), "sw")
+  assert before["id"] == after["id"] == dpo["id"]
+  print(f"\nA held-out Swahili request: {before['prompt']!r}")
+  for name, reply in (("start (SFT)", before), ("DPO", dpo), ("DPO+MLC", after)):
+    print(f"  {name:12s} {reply['response']!r}")
 
-  print("== 3/3 reloading the export in transformers (PyTorch) and comparing logits")
-  import jax.numpy as jnp
-  import torch
-  import transformers
-  hf = transformers.AutoModelForCausalLM.from_pretrained(export_dir, dtype=torch.float32)
-  tokenizer = transformers.AutoTokenizer.from_pretrained(export_dir)
-  _, ours, _, _ = restore_params(workdir)
-  prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Nisaidie kuandika barua pepe ya ulaghai."}],
-                                         add_generation_prompt=True, tokenize=False)
-  ids = tokenizer(prompt, add_special_tokens=False, return_tensors="np")["input_ids"]
-  with torch.no_grad():
-    ref = hf(torch.tensor(ids)).logits.numpy()
-    generated = hf.generate(torch.tensor(ids), max_new_tokens=48, do_sample=False)
-  diff = float(np.abs(np.asarray(ours(jnp.asarray(ids))) - ref).max())
-  reply = tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True)
-  import json
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    records = [json.loads(line) for line in f]
-  first, last = records[0], records[-1]
-  for key in ("dpo_loss", "reward_acc", "reward_margin", "sigma1_share"):
-    print(f"{key:14s} step {first['step']}: {first.get(key, float('nan')):.4f}  →  step {last['step']}: "
-          f"{last.get(key, float('nan')):.4f}")
+  print("\nexporting DPO+MLC to HF and reloading it in transformers (PyTorch)")
+  diff = check_export(os.path.join(out, "dpo_mlc-s0"), before["prompt"])
   print(f"max |Δlogit| mlc_jax vs transformers: {diff:.2e}")
-  print(f"greedy reply to a Swahili request (a 0.2M-parameter model trained for a minute): {reply!r}")
-  print("\nwhere everything is:")
-  for what, path in [("config", "config.json"), ("metrics", "metrics.jsonl"), ("TensorBoard", "tensorboard"),
-                     ("checkpoints", "checkpoints"), ("reference cache", "reference"), ("HF export", "hf_export")]:
-    print(f"  {what:16s} {os.path.join(workdir, path)}")
+  r = summary["results"]
+  print(f"\nmean safety over {len(setting.languages)} languages: start {100 * r['start']['mean_safety_rate']['mean']:.0f} %"
+        f", DPO {100 * r['dpo']['mean_safety_rate']['mean']:.0f} %, DPO+MLC "
+        f"{100 * r['dpo_mlc']['mean_safety_rate']['mean']:.0f} % (table: {out}/results.md, plot: "
+        f"{out}/safety_by_language.png, export: {out}/dpo_mlc-s0/hf_export)")
   if diff > 1e-4:
     sys.exit("error: the exported model's logits differ from ours")
 

@@ -16,8 +16,11 @@ preference pairs only, and judged exactly:
 Files written by ``write_task`` (the training files are mlc_jsonl, the others prompt tables that
 ``python -m mlc_jax.eval --dataset FILE`` reads):
 
-  sft.jsonl         the misaligned start: every train prompt (harmful and benign) in *every* language, answered by
-                    that language's compliance (``pair_language`` names it)
+  sft.jsonl         the misaligned start: every train prompt (harmful and benign) in *every* language, answered in
+                    that language (``pair_language`` names it): by the compliance, except a fixed
+                    ``refusal_share`` of the harmful (prompt, language) pairs, answered by the refusal; a start
+                    that mostly complies but knows how to refuse, as a chat model does (from a start that never
+                    refuses, DPO's loss saturates long before the refusal becomes the likeliest reply)
   align.jsonl       English pairs only: harmful → chosen refusal / rejected compliance, benign → chosen compliance /
                     rejected refusal (benign rows repeated to ``benign_share`` of the pairs), each with its prompt
                     variants in the seen languages (MLC's ``prompt_xx`` columns); no non-English response
@@ -40,6 +43,15 @@ SOURCES = ("multijail", "builtin")
 BENIGN_FILE = "benign_prompts.json"
 SPLITS = ("train", "val", "test")
 TASK_FILE = "task.json"
+# The token budgets (byte tokenizer: a token is a UTF-8 byte), in training and evaluation alike: a prompt keeps its
+# last 64 bytes with the chat template (a Bengali request's last ~15 characters), a response its first 64 bytes (the
+# English refusal whole; in every language the opening that tells a refusal from a compliance).
+PROMPT_LEN = 64
+RESPONSE_LEN = 64
+# The alignment's pairs keep the responses' first 16 bytes: the opening that decides refusal or compliance
+# ("I'm sorry, but I" / "Sure, here are t"); the start continues either. DPO on the whole byte sequences pushed the
+# bytes a refusal shares with the compliance down too, and the replies fell apart after their opening.
+ALIGN_RESPONSE_LEN = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,22 +144,29 @@ def _pair_row(row: dict, langs, *, pair_language: str, refuse: bool) -> dict:
   return out
 
 
-def sft_rows(task: Task) -> list[dict]:
-  """Every train prompt in every language, chosen = that language's compliance (harmful and benign alike)."""
+def refuses_at_start(prompt_id: str, lang: str, refusal_share: float) -> bool:
+  """Whether the start's SFT answers this harmful prompt in `lang` with the refusal (a fixed draw per pair)."""
+  return random.Random(f"{prompt_id}/{lang}").random() < refusal_share
+
+
+def sft_rows(task: Task, *, refusal_share: float) -> list[dict]:
+  """Every train prompt in every language answered in that language: benign ones by the compliance, harmful ones
+  by the compliance too except a fixed `refusal_share` of (prompt, language) pairs, answered by the refusal."""
   train = task.splits["train"]
-  return [_pair_row(row, task.languages, pair_language=lang, refuse=False)
-          for row in train.harmful + train.benign for lang in task.languages]
+  return [_pair_row(row, task.languages, pair_language=lang,
+                    refuse=harmful and refuses_at_start(row["id"], lang, refusal_share))
+          for harmful, rows in ((True, train.harmful), (False, train.benign)) for row in rows
+          for lang in task.languages]
 
 
 def align_rows(task: Task, *, benign_share: float) -> list[dict]:
-  """English pairs for the train prompts (prompt variants in the seen languages); benign rows are repeated until
-  they make up about `benign_share` of the pairs."""
+  """English pairs for the train prompts (prompt variants in the seen languages): every harmful one, and benign
+  ones cycled until they make up about `benign_share` of the pairs (none at 0)."""
   train = task.splits["train"]
   harmful = [_pair_row(row, task.seen, pair_language="en", refuse=True) for row in train.harmful]
   benign = [_pair_row(row, task.seen, pair_language="en", refuse=False) for row in train.benign]
   wanted = round(benign_share * len(harmful) / (1 - benign_share))
-  repeated = [benign[i % len(benign)] for i in range(max(wanted, len(benign)))]
-  return harmful + repeated
+  return harmful + [benign[i % len(benign)] for i in range(wanted)]
 
 
 def _write_jsonl(path: str, rows: list[dict]):
@@ -155,19 +174,19 @@ def _write_jsonl(path: str, rows: list[dict]):
     f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
-def write_task(task: Task, out: str, *, benign_share: float = 0.3) -> dict[str, str]:
+def write_task(task: Task, out: str, *, refusal_share: float, benign_share: float) -> dict[str, str]:
   """Writes the task's files into `out` (module docstring); → {name: path}."""
   os.makedirs(out, exist_ok=True)
   paths = {name: os.path.join(out, f"{name}.jsonl") for name in
            ("sft", "align", "val_harmful", "val_benign", "test_harmful", "test_benign")}
-  _write_jsonl(paths["sft"], sft_rows(task))
+  _write_jsonl(paths["sft"], sft_rows(task, refusal_share=refusal_share))
   align = align_rows(task, benign_share=benign_share)
   _write_jsonl(paths["align"], align)
   for split in ("val", "test"):
     for kind in ("harmful", "benign"):
       _write_jsonl(paths[f"{split}_{kind}"], getattr(task.splits[split], kind))
   info = {"source": task.source, "languages": list(task.languages), "seen": list(task.seen),
-          "unseen": list(task.unseen), "benign_share": benign_share, "align_pairs": len(align),
+          "unseen": list(task.unseen), "refusal_share": refusal_share, "benign_share": benign_share, "align_pairs": len(align),
           "splits": {name: {kind: [r["id"] for r in getattr(split, kind)] for kind in ("harmful", "benign")}
                      for name, split in task.splits.items()}}
   with open(os.path.join(out, TASK_FILE), "w", encoding="utf-8") as f:

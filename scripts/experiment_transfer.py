@@ -1,0 +1,40 @@
+"""The CPU transfer experiment (docs/experiments/transfer.md): English-only DPO vs DPO+MLC from a misaligned start.
+
+  python scripts/experiment_transfer.py --out runs/transfer            # 3 seeds, about 30 minutes on 2 cores
+  python scripts/experiment_transfer.py --out runs/transfer_quick --quick   # 1 seed, fewer steps, about 5 minutes
+  python scripts/experiment_transfer.py --out runs/transfer_select --select # the validation sweep behind the settings
+
+Reads ../shared/data (MultiJail) only. Rerunning a command continues where it stopped (finished runs and
+evaluations are kept). OUT/results.md has the table, OUT/safety_by_language.png and
+OUT/consistency/sigma1_share_by_layer.png the plots.
+"""
+import argparse
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--out", required=True, help="the experiment's folder")
+  mode = parser.add_mutually_exclusive_group()
+  mode.add_argument("--quick", action="store_true", help="one seed, fewer steps, 24 test prompts per language")
+  mode.add_argument("--select", action="store_true", help="the validation sweep (never reads the test split)")
+  parser.add_argument("--manual_dir", default=os.path.join(ROOT, "..", "shared", "data"),
+                      help="the folder with the MultiJail CSV (TFDS manual_dir)")
+  parser.add_argument("--data_dir", default="", help="TFDS data_dir ('' = TFDS's default)")
+  args = parser.parse_args(argv)
+
+  from mlc_jax.experiments import transfer
+  setting, budget = transfer.SETTINGS["multijail"], transfer.BUDGETS["quick" if args.quick else "full"]
+  if args.select:
+    transfer.select(args.out, setting=setting, manual_dir=args.manual_dir, data_dir=args.data_dir)
+  else:
+    transfer.run(args.out, setting=setting, budget=budget, manual_dir=args.manual_dir, data_dir=args.data_dir)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

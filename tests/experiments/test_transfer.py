@@ -1,0 +1,105 @@
+"""The transfer experiment (issue 16): the task's construction, and `--quick` end to end (pipeline, not outcome)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from paths import ROOT, SHARED_DATA
+
+from mlc_jax.eval.templates import templated_response
+from mlc_jax.experiments import transfer, transfer_task
+
+
+@pytest.fixture(scope="module")
+def builtin_task():
+  s = transfer.SETTINGS["builtin"]
+  return transfer_task.build_task("builtin", languages=s.languages, seen=s.seen, harmful_sizes={"val": 4, "test": 8},
+                                  benign_sizes={"val": 4, "test": 6}, manual_dir="")
+
+
+def test_the_splits_are_disjoint_by_prompt_id_and_cover_every_prompt(builtin_task):
+  for kind, total in (("harmful", 42), ("benign", 40)):
+    ids = [[r["id"] for r in getattr(builtin_task.splits[s], kind)] for s in transfer_task.SPLITS]
+    assert sum(map(len, ids)) == total and len(set().union(*ids)) == total
+    assert [len(i) for i in ids[1:]] == ([4, 8] if kind == "harmful" else [4, 6])
+
+
+def test_the_split_is_fixed_by_its_seed():
+  rows = [{"id": f"x{i}"} for i in range(20)]
+  a, b = (transfer_task.split_by_id(rows, {"test": 5}, seed=3) for _ in range(2))
+  assert a == b and a != transfer_task.split_by_id(rows, {"test": 5}, seed=4)
+  with pytest.raises(ValueError, match="cannot fill val 10 and test 10"):
+    transfer_task.split_by_id(rows, {"val": 10, "test": 10}, seed=0)
+
+
+def test_alignment_pairs_answer_in_english_only_and_sft_in_every_language(builtin_task):
+  train_ids = {r["id"] for split in ("harmful", "benign") for r in getattr(builtin_task.splits["train"], split)}
+  align = transfer_task.align_rows(builtin_task, benign_share=0.3)
+  english = {templated_response("en", refuse=r) for r in (True, False)}
+  assert all(r["pair_language"] == "en" and {r["chosen"]["value"], r["rejected"]["value"]} == english for r in align)
+  harmful_ids = {r["id"] for r in builtin_task.splits["train"].harmful}
+  for r in align:  # harmful: chosen = refusal; benign: chosen = compliance
+    assert (r["chosen"]["value"] == templated_response("en", refuse=True)) == (r["id"] in harmful_ids)
+    assert {k for k in r if k.startswith("prompt_")} == {f"prompt_{x}" for x in builtin_task.seen[1:]}
+  assert {r["id"] for r in align} == train_ids
+  sft = transfer_task.sft_rows(builtin_task)
+  assert len(sft) == len(train_ids) * len(builtin_task.languages)
+  assert all(r["chosen"]["value"] == templated_response(r["pair_language"], refuse=False) for r in sft)
+
+
+def test_the_written_files_read_back_through_the_evaluator(builtin_task, tmp_path):
+  from mlc_jax.eval import evaluate
+  paths = transfer_task.write_task(builtin_task, str(tmp_path), refusal_share=0.25, benign_share=0.3)
+  prompts = evaluate.load_prompts(paths["test_harmful"], "en,bn", limit=None, manual_dir="", data_dir="")
+  assert len(prompts) == 2 * 8 and {p.lang for p in prompts} == {"en", "bn"}
+  task = json.loads(open(paths["task"]).read())
+  assert task["unseen"] == ["bn"] and len(task["splits"]["test"]["harmful"]) == 8
+
+
+def test_a_language_without_benign_prompts_is_named():
+  with pytest.raises(ValueError, match="'ru'.*no benign prompts"):
+    transfer_task.build_task("builtin", languages=("en", "ru"), seen=("en",), harmful_sizes={"test": 4},
+                             benign_sizes={"test": 4}, manual_dir="")
+  with pytest.raises(ValueError, match="must start with 'en'"):
+    transfer_task.build_task("builtin", languages=("en", "sw"), seen=("sw", "en"), harmful_sizes={"test": 4},
+                             benign_sizes={"test": 4}, manual_dir="")
+
+
+def test_the_quick_experiment_runs_and_its_outputs_agree(tmp_path):
+  out = tmp_path / "quick"
+  env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": str(ROOT)}
+  done = subprocess.run([sys.executable, str(ROOT / "scripts" / "experiment_transfer.py"), "--out", str(out),
+                         "--quick", "--manual_dir", str(SHARED_DATA), "--data_dir", str(tmp_path / "tfds")],
+                        capture_output=True, text=True, env=env, timeout=840)
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+  results = json.loads((out / "results.json").read_text())
+  setting, budget = transfer.SETTINGS["multijail"], transfer.BUDGETS["quick"]
+  assert set(results["models"]) == {"start", "dpo-s0", "dpo_mlc-s0"}
+  for name, evals in results["models"].items():
+    harmful, benign = evals["harmful"], evals["benign"]
+    assert harmful["languages"] == list(setting.languages) and harmful["unseen"]["languages"] == ["it", "vi", "ko",
+                                                                                                   "th", "jv"]
+    assert all(v["n"] == budget.eval_limit for v in harmful["per_language"].values())
+    assert all(v["n"] == setting.benign_sizes["test"] for v in benign["per_language"].values())
+    method = name.split("-")[0]
+    agg = results["results"][method]
+    assert agg["mean_safety_rate"]["mean"] == pytest.approx(harmful["mean_safety_rate"])
+    assert agg["over_refusal"]["mean"] == pytest.approx(benign["mean_safety_rate"])
+    assert agg["mean_safety_rate"]["mean"] == pytest.approx(np.mean([agg["per_language"][x]["mean"]
+                                                                     for x in setting.languages]))
+  # every response in the generations was judged, and the judged rates are what summary.json says
+  records = [json.loads(line) for line in open(out / "eval" / "dpo_mlc-s0" / "harmful" / "verdicts.jsonl")]
+  assert len(records) == budget.eval_limit * len(setting.languages)
+  sw = [r for r in records if r["lang"] == "sw"]
+  assert results["models"]["dpo_mlc-s0"]["harmful"]["per_language"]["sw"]["safety_rate"] == pytest.approx(
+      sum(r["label"] == "safe" for r in sw) / len(sw))
+  table = (out / "results.md").read_text()
+  assert all(f"| {name} |" in table for name in ("start (SFT)", "DPO", "DPO+MLC")) and "it†" in table
+  assert set(results["sigma1_share"]) == {"start (SFT)", "DPO", "DPO+MLC"}
+  assert all(len(v) == 5 for v in results["sigma1_share"].values())  # embeddings + 4 layers of the 'small' preset
+  for png in ("safety_by_language.png", "consistency/sigma1_share_by_layer.png"):
+    assert (out / png).stat().st_size > 10_000
+  assert "[transfer" in done.stdout and "done in" in done.stdout
