@@ -15,8 +15,11 @@ commands are what it runs. ARG is `key=value` pairs separated by commas:
 
 Settings: SFT and the alignment runs share the model (`small`, 0.9M parameters, byte tokenizer) and the token
 budgets. DPO and DPO+MLC differ only in mlc.enabled; both start from the same export, read the same pairs and take
-the same steps at the same learning rate. β, λ, τ, the MLC layer, the steps and the learning rate were chosen on the
-validation split (`scripts/experiment_transfer.py --select`, docs/experiments/transfer.md), never on the test split.
+the same steps at the same learning rate. The DPO arm carries RPO's NLL term (objective.dpo.nll_weight = 1): plain
+DPO on byte sequences pushed the chosen refusal down with the compliance and the replies fell apart (measured,
+docs/experiments/transfer.md). β is the paper's 0.1; the learning rate, α and the share of benign pairs were chosen
+on the validation split (the trials are listed in docs/experiments/transfer.md); λ, τ and the layer are the paper's
+(0.8, 0.2, the final-norm output). `scripts/experiment_transfer.py --select` is the full validation sweep.
 """
 import os
 import types
@@ -26,8 +29,8 @@ from mlc_jax.experiments.transfer_task import ALIGN_RESPONSE_LEN, PROMPT_LEN, RE
 
 STAGES = ("sft", "dpo", "dpo_mlc")
 
-SFT = dict(steps=400, lr=3e-3, batch_size=32)
-ALIGN = dict(steps=120, lr=1e-3, batch_size=16, beta=0.1)
+SFT = dict(steps=200, lr=3e-3, batch_size=32)
+ALIGN = dict(steps=120, lr=3e-4, batch_size=16, beta=0.1, nll_weight=1.0)
 MLC = dict(weight=0.8, tau=0.2, layer=-1, aux_every=1, extractor_dim=64)
 
 
@@ -62,6 +65,7 @@ def get_config(arg=None):
   c.model.hf_path = args.start
   c.objective.name = "dpo"
   c.objective.dpo.beta = ALIGN["beta"]
+  c.objective.dpo.nll_weight = ALIGN["nll_weight"]
   c.data.path = os.path.join(args.task, "align.jsonl")
   c.data.langs = args.seen.replace("+", ",")
   c.data.max_response_len = ALIGN_RESPONSE_LEN

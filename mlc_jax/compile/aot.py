@@ -15,7 +15,8 @@ import time
 import jax
 
 from mlc_jax.compile import batch as batch_lib
-from mlc_jax.config import validate
+from mlc_jax.config import ConfigError, validate
+from mlc_jax.data.datasets import PROMPT_ONLY
 from mlc_jax.parallel.mesh import make_mesh, num_slices
 from mlc_jax.parallel.tpu import Topology, TopologyError
 from mlc_jax.train.state import abstract_train_state
@@ -123,10 +124,14 @@ def compile_run(config, topology: Topology, slices: int = 1) -> Report:
   """Compiles the train step (and, with precomputed reference values, the precompute) of `config` for `slices`
   slices of `topology` (the data axis of the mesh spans the slices).
 
-  Raises `ConfigError` for a config that does not validate on that many chips.
+  Raises `ConfigError` for a config that does not validate on that many chips, or whose objective reads prompts
+  only (MSD: its batch holds sampled responses, whose shapes this does not build yet).
   """
   devices = topology_devices(topology, slices)
   run, cfg, mesh_shape = validate(config, len(devices), num_slices(devices))
+  if run.objective.data_kind is PROMPT_ONLY:
+    raise ConfigError(f"objective.name={run.objective.name}: ahead-of-time compilation covers the objectives on "
+                      "preference and MPO pairs; prompt-only objectives (MSD, with its sampler) are not compiled yet")
   mesh = make_mesh(mesh_shape, devices=devices)
   spec = abstract_train_state(run, cfg, mesh)
   mlc = run.mlc if run.mlc.enabled else None

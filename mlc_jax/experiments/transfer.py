@@ -278,7 +278,7 @@ def run(out: str, *, setting: Setting, budget: Budget, manual_dir: str, data_dir
 # The validation sweep: DPO's learning rate and steps first (both methods then use the winner), then MLC's λ and
 # layer at τ = 0.2, then τ at the best λ and layer. Score: mean safety on the validation harmful prompts minus the
 # refusal rate on the validation benign prompts.
-SWEEP_DPO = [{"optim.lr": lr, "train.steps": steps} for lr in (1e-3, 3e-3) for steps in (60, 120)]
+SWEEP_DPO = [{"optim.lr": lr, "train.steps": steps} for lr in (1e-4, 3e-4) for steps in (60, 120)]
 SWEEP_MLC = [{"mlc.weight": weight, "mlc.layer": layer} for weight in (0.3, 1.0, 3.0) for layer in (2, -1)]
 SWEEP_TAU = (0.05, 1.0)
 DEFAULT_TAU = 0.2  # configs/transfer.py's while λ and the layer are swept

@@ -40,18 +40,23 @@ class Sft(PairObjective):
 @register
 @dataclasses.dataclass(frozen=True)
 class Dpo(PairObjective):
-  """Sigmoid DPO on summed log-probs, with conservative label smoothing (cDPO); rewards β·(π − ref)."""
+  """Sigmoid DPO on summed log-probs, with conservative label smoothing (cDPO) and RPO's NLL term (α times the
+  chosen response's per-token negative log-likelihood, TRL's `rpo_alpha`); rewards β·(π − ref)."""
 
   name = "dpo"
   reference_keys = PAIR_REFERENCE_KEYS
   beta: float = field(0.1, "β, the inverse temperature of the implicit reward", positive())
   label_smoothing: float = field(0.0, "cDPO's ε: the share of pairs assumed mislabelled",
                                  in_range(0.0, 0.5, high_open=True))
+  nll_weight: float = field(0.0, "RPO's α: the weight of the chosen response's per-token NLL added to the loss "
+                            "(0 = plain DPO)", in_range(0.0, 1e3))
 
   def loss(self, outputs, reference):
     args = (outputs["chosen_sum"], outputs["rejected_sum"], reference["chosen_sum"], reference["rejected_sum"])
-    return LossTerms(preference.dpo(*args, beta=self.beta, label_smoothing=self.label_smoothing),
-                     _dpo_rewards(outputs, reference, self.beta))
+    loss = preference.dpo(*args, beta=self.beta, label_smoothing=self.label_smoothing)
+    if self.nll_weight:
+      loss = loss + self.nll_weight * preference.sft(outputs["chosen_mean"])
+    return LossTerms(loss, _dpo_rewards(outputs, reference, self.beta))
 
 
 @register

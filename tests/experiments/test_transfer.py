@@ -44,10 +44,17 @@ def test_alignment_pairs_answer_in_english_only_and_sft_in_every_language(builti
   for r in align:  # harmful: chosen = refusal; benign: chosen = compliance
     assert (r["chosen"]["value"] == templated_response("en", refuse=True)) == (r["id"] in harmful_ids)
     assert {k for k in r if k.startswith("prompt_")} == {f"prompt_{x}" for x in builtin_task.seen[1:]}
-  assert {r["id"] for r in align} == train_ids
-  sft = transfer_task.sft_rows(builtin_task)
+  benign = [r for r in align if r["id"] not in harmful_ids]
+  assert {r["id"] for r in align} - {r["id"] for r in benign} == harmful_ids and {r["id"] for r in align} <= train_ids
+  assert len(benign) == round(0.3 * len(harmful_ids) / 0.7) and not transfer_task.align_rows(
+      builtin_task, benign_share=0.0)[len(harmful_ids):]
+  sft = transfer_task.sft_rows(builtin_task, refusal_share=0.25)
   assert len(sft) == len(train_ids) * len(builtin_task.languages)
-  assert all(r["chosen"]["value"] == templated_response(r["pair_language"], refuse=False) for r in sft)
+  refused = [r for r in sft if r["chosen"]["value"] == templated_response(r["pair_language"], refuse=True)]
+  assert all(r["chosen"]["value"] == templated_response(r["pair_language"], refuse=False)
+             for r in sft if r not in refused)
+  assert {r["id"] for r in refused} <= harmful_ids and 0.15 < len(refused) / (len(harmful_ids) * 5) < 0.35
+  assert refused == [r for r in transfer_task.sft_rows(builtin_task, refusal_share=0.25) if r in refused]
 
 
 def test_the_written_files_read_back_through_the_evaluator(builtin_task, tmp_path):

@@ -92,6 +92,9 @@ def test_cli_prints_the_figures_and_one_line_errors():
   assert run("--topology", "v5p-8").returncode == 2
   bad_key = run("--topology", "v5p:2x2x1", "--config.model.nope=1")
   assert bad_key.returncode == 2 and "unknown config key 'model.nope'" in bad_key.stderr
+  msd = subprocess.run([sys.executable, "-m", "mlc_jax.compile", "--config", str(ROOT / "configs" / "msd.py") +
+                        ":model=tiny", "--topology", "v5e:2x2"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+  assert msd.returncode == 2 and msd.stderr.strip().splitlines()[-1].startswith("error: objective.name=msd: ")
   # 256 pairs × 4096 tokens a chip: the float32 attention scores alone outgrow a v5e chip's 16 GiB.
   too_big = run("--topology", "v5e:2x2", "--config.train.batch_size=1024", "--config.data.max_response_len=3968",
                 "--config.mlc.enabled=False")

@@ -28,12 +28,12 @@ def test_every_base_with_mlc_trains_on_a_2x2x2_mesh(base):
   assert f"{base}_loss" in history[0] and ("reward_acc" in history[0]) == (base != "sft")
 
 
-def numpy_base_loss(base, beta, gamma, pol, ref):
+def numpy_base_loss(base, beta, gamma, pol, ref, nll_weight=0.0):
   ls = lambda x: -np.logaddexp(0.0, -x)
   (pcs, pcm), (prs, prm) = pol
   (rcs, rcm), (rrs, rrm) = ref
-  if base == "dpo":
-    return -ls(beta * ((pcs - rcs) - (prs - rrs)))
+  if base == "dpo":  # with RPO's NLL term
+    return -ls(beta * ((pcs - rcs) - (prs - rrs))) - nll_weight * pcm
   if base == "hinge":
     return np.maximum(0.0, 1 - beta * ((pcs - rcs) - (prs - rrs)))
   if base == "ipo":
@@ -46,10 +46,11 @@ def numpy_base_loss(base, beta, gamma, pol, ref):
   return -pcm  # sft
 
 
-@pytest.mark.parametrize("base", PAIR_BASES)
-def test_mlc_off_step_loss_equals_the_plain_objective_from_full_logits(base):
+@pytest.mark.parametrize("base,nll_weight", [(base, 0.0) for base in PAIR_BASES] + [("dpo", 0.7)])
+def test_mlc_off_step_loss_equals_the_plain_objective_from_full_logits(base, nll_weight):
   """mlc.enabled=False ignores λ, and the step's loss equals the formula on independently computed log-probs."""
-  config = small_config(f"objective.name={base}", "mlc.enabled=False", "mlc.weight=7.0", *HYPER.get(base, []))
+  config = small_config(f"objective.name={base}", "mlc.enabled=False", "mlc.weight=7.0", *HYPER.get(base, []),
+                        *([f"objective.dpo.nll_weight={nll_weight}"] if nll_weight else []))
   mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
   run, spec, state = setup(config, mesh, total_steps=2)
   model = spec.policy_def.merge_model(state.params["model"])
@@ -61,7 +62,8 @@ def test_mlc_off_step_loss_equals_the_plain_objective_from_full_logits(base):
     sides[side] = numpy_logps(logits, batch[f"{side}_ids"], batch[f"{side}_loss_mask"])
   # Before the first update the policy is the reference.
   expected = numpy_base_loss(base, getattr(run.objective, "beta", None), getattr(run.objective, "gamma", None),
-                             (sides["chosen"], sides["rejected"]), (sides["chosen"], sides["rejected"])).mean()
+                             (sides["chosen"], sides["rejected"]), (sides["chosen"], sides["rejected"]),
+                             nll_weight).mean()
   _, metrics = compiled_step(run, spec, mesh)(state, device_batch(batch, mesh))
   assert "mlc_loss" not in metrics
   np.testing.assert_allclose(metrics["loss"], expected, rtol=2e-5)
