@@ -102,8 +102,9 @@ class JaxSide:
     from mlc_jax.train.state import abstract_train_state, init_train_state
     from mlc_jax.train.step import make_precompute_fn, make_train_step
 
-    self.setting, self.model_cfg, self.data = setting, model_config(), data
+    self.setting, self.model_cfg = setting, model_config()
     self.run = run_config(setting == "mlc", shape, lr, overrides)
+    self.data = data = dataclasses.replace(data, layout=self.run.objective.row_layout(self.run))  # (data.pack_pairs)
     self.mesh = make_mesh(self.run.mesh.shape, devices=jax.devices()[:1])
     spec = abstract_train_state(self.run, self.model_cfg, self.mesh, total_steps=10_000)
     self.state = init_train_state(spec, self.run)

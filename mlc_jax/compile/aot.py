@@ -116,7 +116,7 @@ def _compile(name: str, fn, *args) -> ProgramReport:
 
 def run_step_flops(run, model_cfg, spec) -> float:
   """`step.step_flops` of one optimizer step of `run` (the global batch, MLC on one step in `mlc.aux_every`)."""
-  shapes = {k: (run.train.batch_size, *v.shape[1:]) for k, v in batch_lib.micro_batch(run, spec).items()}
+  shapes = {k: (v.shape[0] * run.train.grad_accum, *v.shape[1:]) for k, v in batch_lib.micro_batch(run, spec).items()}
   return step_flops(run, model_cfg, shapes, mlc_share=1.0 / run.mlc.aux_every)
 
 

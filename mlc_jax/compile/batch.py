@@ -1,9 +1,10 @@
 """The batch a run's train step and reference precompute read, as shapes: `jax.ShapeDtypeStruct`s from the config.
 
 One helper for every objective, from what the objective declares: `{side}_{ids,mask,loss_mask}` int32 `[B, T]` for
-each of its `sides` (T = data.max_prompt_len + data.max_response_len), `prompt_ids`/`prompt_mask` `[B, L, P]` with
-the MLC term (L languages of data.langs, P = data.mlc_prompt_len), `pair_language` `[B]`, and with precomputed
-reference values `ref_<key>` for each of its `reference_keys`, their shapes and dtypes those of
+each of its `sides` (T = data.max_prompt_len + data.max_response_len) or, with packed pairs, the largest packed rows
+(`packing.RowLayout.max_shapes`; the reference precompute: `packing.max_tree_shapes`), `prompt_ids`/`prompt_mask`
+`[B, L, P]` with the MLC term (L languages of data.langs, P = data.mlc_prompt_len), `pair_language` `[B]`, and with
+precomputed reference values `ref_<key>` for each of its `reference_keys`, their shapes and dtypes those of
 `objective.reference_outputs` (traced abstractly, e.g. `[B]` float32 log-probs, `[B, hidden]` pools).
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from mlc_jax.data import packing
 from mlc_jax.data.languages import resolve_languages
 
 SEQUENCE_KEYS = ("ids", "mask", "loss_mask")
@@ -27,18 +29,34 @@ def sequences(sides, batch_size: int, seq_len: int) -> dict[str, jax.ShapeDtypeS
           for k in SEQUENCE_KEYS}
 
 
+def _int32(shapes: dict[str, tuple[int, ...]]) -> dict[str, jax.ShapeDtypeStruct]:
+  return {k: jax.ShapeDtypeStruct(shape, jnp.int32) for k, shape in shapes.items()}
+
+
 def reference_batch(run, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-  """What the reference precompute reads: the objective's `reference_inputs` `[batch_size, T]`."""
-  return sequences(run.objective.reference_sides, batch_size, run.data.limits.pair_len)
+  """What the reference precompute reads: the objective's `reference_inputs(run)`, at their largest."""
+  objective, limits = run.objective, run.data.limits
+  if objective.pairs_packed(run):
+    (prefix,) = packing.tree_prefixes(objective.reference_sides)
+    return _int32(packing.max_tree_shapes(prefix, batch_size, limits.max_prompt_len, limits.max_response_len))
+  return sequences(objective.reference_sides, batch_size, limits.pair_len)
 
 
 def micro_batch(run, spec) -> dict[str, jax.ShapeDtypeStruct]:
-  """One micro-batch `[B, …]` of the train step (B = run.micro_batch_size); `spec` is the `TrainStateSpec`."""
-  objective, b = run.objective, run.micro_batch_size
-  batch = sequences(objective.sides, b, run.data.limits.pair_len)
+  """One micro-batch `[B, …]` of the train step (B = run.micro_batch_size) at its largest; `spec` is the
+  `TrainStateSpec`."""
+  objective, b, limits = run.objective, run.micro_batch_size, run.data.limits
+  layout = objective.row_layout(run)
+  if layout is None:
+    batch = sequences(objective.sides, b, limits.pair_len)
+  else:
+    batch = _int32(layout.max_shapes(b, limits.max_prompt_len, limits.max_response_len))
   if run.mlc.enabled:
-    shape = (b, num_languages(run), run.data.mlc_prompt_len)
+    shared = layout is not None and layout.shared_variant  # (when the data's variants match, as they usually do)
+    shape = (b, num_languages(run) - shared, run.data.mlc_prompt_len)
     batch.update(prompt_ids=jax.ShapeDtypeStruct(shape, jnp.int32), prompt_mask=jax.ShapeDtypeStruct(shape, jnp.int32))
+    if shared:
+      batch["shared_variant"] = jax.ShapeDtypeStruct((b,), jnp.int32)
   batch["pair_language"] = jax.ShapeDtypeStruct((b,), jnp.int32)
   if run.reference == "precomputed" and objective.reference_keys:
     outputs = jax.eval_shape(lambda p, x: objective.reference_outputs(spec.policy_def.merge_model(p), x),

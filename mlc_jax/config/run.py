@@ -89,6 +89,16 @@ class RunConfig:
       raise ConfigError(f"mlc.enabled=True: objective.name={objective.name!r} reads {objective.data_kind.name}, "
                         "which have no prompt variants in several languages; set mlc.enabled=False")
     objective.check_run(run)
+    if objective.pairs_packed(run):
+      if run.model.attention_impl == "splash":
+        raise ConfigError(f"data.pack_pairs={run.data.pack_pairs}: model.attention_impl='splash' cannot mask packed "
+                          "rows (shared prompts); set data.pack_pairs=0 or another attention_impl")
+      if run.data.pair_buckets:
+        raise ConfigError(f"data.pack_pairs={run.data.pack_pairs} sizes packed rows itself (data.pack_multiple); "
+                          f"data.pair_buckets={tuple(run.data.pair_buckets)} apply to plain sequences only")
+      if run.micro_batch_size % run.data.pack_pairs:
+        raise ConfigError(f"data.pack_pairs={run.data.pack_pairs} does not divide the micro-batch of "
+                          f"{run.micro_batch_size} pairs (train.batch_size / train.grad_accum)")
     return run
 
   def architecture(self) -> ModelConfig:
@@ -113,6 +123,10 @@ class RunConfig:
     if micro % data_shards:
       raise ConfigError(f"train.batch_size={self.train.batch_size} (micro-batch {micro} after grad_accum) is "
                         f"not divisible by the {data_shards} data shards of mesh.shape={mesh_shape} (data × fsdp)")
+    if self.objective.pairs_packed(self) and (micro // self.data.pack_pairs) % data_shards:
+      raise ConfigError(f"data.pack_pairs={self.data.pack_pairs}: the {micro // self.data.pack_pairs} packed rows of a "
+                        f"micro-batch of {micro} pairs do not split over the {data_shards} data shards of "
+                        f"mesh.shape={mesh_shape}; lower data.pack_pairs")
     return mesh_shape
 
   @property

@@ -69,6 +69,11 @@ class DataSection(Section):
   pair_buckets: tuple[int, ...] = field((), "shorter padded lengths a batch of pairs may be cut to (each compiles "
                                         "once)", each(positive()))
   prompt_buckets: tuple[int, ...] = field((), "the same for the MLC prompt variants", each(positive()))
+  pack_pairs: int = field(0, "preference pairs per packed row, each pair's prompt run once for both responses and the "
+                          "LM head only on response tokens (mlc_jax.data.packing); 0 = plain padded sequences, one per "
+                          "row (then data.pair_buckets apply)", non_negative())
+  pack_multiple: int = field(64, "packed row lengths and scored-position counts are rounded up to a multiple of this "
+                             "(each length compiles once)", positive())
 
   @property
   def limits(self):

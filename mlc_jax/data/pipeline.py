@@ -2,7 +2,12 @@
 
 Order of operations (a `grain.MapDataset`, so every position is addressable and resumable):
   range(N) → shuffle(seed) → repeat forever (reshuffled each epoch) → gather the tokenized rows →
-  batch(global batch) → trim to the smallest length bucket that holds the batch → keep this process's rows.
+  batch(global batch) → pack the pairs into rows (when the data has a `layout`) or trim them to the smallest length
+  bucket that holds the batch → trim the MLC variants likewise → keep this process's rows.
+
+Packing (`data.pack_pairs`, `mlc_jax.data.packing`) replaces the pairs' `[B, T]` arrays by rows holding each pair's
+prompt once and `pack_pairs` pairs per row, reorders the batch's examples so that the rows come out balanced, and
+(with `RowLayout.shared_variant`) drops the MLC variant that is the pair's own prompt.
 
 Every process builds the same global batch and picks the bucket from all of its rows, so all hosts agree on
 shapes; process p keeps rows `[p·B/P, (p+1)·B/P)`. A batch may straddle an epoch boundary (the stream is
@@ -17,6 +22,7 @@ from typing import Sequence
 import grain
 import numpy as np
 
+from mlc_jax.data import packing
 from mlc_jax.data.tokenized import DOMINANT_PAIR_KEYS, PAIR_KEYS, PROMPT_KEYS
 
 
@@ -51,9 +57,18 @@ def trim_to_buckets(batch: dict[str, np.ndarray], *, pair_buckets: tuple[int, ..
   return out
 
 
+def drop_shared_variant(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Removes each example's prompt variant in its pair language (`[B, L, P]` → `[B, L - 1, P]`) and records it as
+  `shared_variant` `[B]`: the train step reads that representation from the pair's prompt."""
+  keep = np.arange(batch["prompt_ids"].shape[1])[None, :] != batch["pair_language"][:, None]
+  b, num_langs = keep.shape
+  out = {k: batch[k][keep].reshape(b, num_langs - 1, -1) for k in PROMPT_KEYS}
+  return {**batch, **out, "shared_variant": batch["pair_language"].astype(np.int32)}
+
+
 def _process_rows(batch: dict[str, np.ndarray], *, index: int, count: int) -> dict[str, np.ndarray]:
-  per = len(batch["index"]) // count
-  return {k: v[index * per:(index + 1) * per] for k, v in batch.items()}
+  """Process `index`'s part of every array (its examples, and with packing the rows that hold them)."""
+  return {k: v[index * (len(v) // count):(index + 1) * (len(v) // count)] for k, v in batch.items()}
 
 
 def batch_iterator(data, global_batch_size: int, *, seed: int, shuffle: bool = True,
@@ -63,24 +78,34 @@ def batch_iterator(data, global_batch_size: int, *, seed: int, shuffle: bool = T
 
   Each batch is a dict with the keys of `data.batch_keys` (`index` = dataset positions), `[B/P, …]` rows, pair
   arrays trimmed to a `pair_buckets` length and prompt variants to a `prompt_buckets` length (the padded
-  length of `data` is always the last bucket). The iterator has `get_state()` / `set_state(state)`.
+  length of `data` is always the last bucket); with `data.layout`, the pairs packed instead (`packing.pack`).
+  The iterator has `get_state()` / `set_state(state)`.
   """
   n = len(data)
   if global_batch_size > n:
     raise ValueError(f"train.batch_size={global_batch_size} is larger than the dataset's {n} examples")
   if global_batch_size % process_count:
     raise ValueError(f"train.batch_size={global_batch_size} does not split over {process_count} processes")
-  arrays = {k: getattr(data, k) for k in data.batch_keys}
+  layout = getattr(data, "layout", None)
+  arrays = {k: getattr(data, k) for k in getattr(data, "pipeline_keys", data.batch_keys)}
   if "chosen_ids" in arrays:
     pair_buckets = check_buckets(pair_buckets, arrays["chosen_ids"].shape[1], key="data.pair_buckets")
   if "prompt_ids" in arrays:
     prompt_buckets = check_buckets(prompt_buckets, arrays["prompt_ids"].shape[-1], key="data.prompt_buckets")
+  if layout is not None and (global_batch_size // process_count) % layout.pairs_per_row:
+    raise ValueError(f"data.pack_pairs={layout.pairs_per_row} does not divide the {global_batch_size // process_count} "
+                     f"examples of each process's batch")
   ds = grain.MapDataset.range(n)
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = (ds.repeat(None)
         .map(lambda i: {k: a[i] for k, a in arrays.items()})
-        .batch(global_batch_size, drop_remainder=True)
-        .map(functools.partial(trim_to_buckets, pair_buckets=pair_buckets, prompt_buckets=prompt_buckets))
+        .batch(global_batch_size, drop_remainder=True))
+  if layout is not None:
+    if layout.shared_variant and data.variants_match_pair_prompts:
+      ds = ds.map(drop_shared_variant)
+    # Each process's examples are packed into rows of their own (the same shapes on every process).
+    ds = ds.map(functools.partial(packing.pack, layout=layout, groups=process_count))
+  ds = (ds.map(functools.partial(trim_to_buckets, pair_buckets=pair_buckets, prompt_buckets=prompt_buckets))
         .map(functools.partial(_process_rows, index=process_index, count=process_count)))
   return iter(ds.to_iter_dataset())

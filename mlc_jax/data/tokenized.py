@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
+from mlc_jax.data import packing
 from mlc_jax.data.preferences import MpoExample, PreferenceExample
 from mlc_jax.data.tokenizer import chat_prompts
 
@@ -48,7 +49,12 @@ class SequenceLimits:
 
 @dataclasses.dataclass(frozen=True)
 class PairArrays:
-  """The chosen and rejected sequences of N pairs, `[N, T]` int32 each (see `TokenizedData`)."""
+  """The chosen and rejected sequences of N pairs, `[N, T]` int32 each (see `TokenizedData`).
+
+  `layout`: how the input pipeline packs batches (`packing.RowLayout`, set from the run by the data kind's loader),
+  None for the plain `[B, T]` sequences. The per-example trees `{prefix}tree_*` of `packing.tree_arrays` are
+  attributes too (computed on first use), so the reference precompute reads them like any other array.
+  """
 
   chosen_ids: np.ndarray
   chosen_mask: np.ndarray
@@ -56,9 +62,34 @@ class PairArrays:
   rejected_ids: np.ndarray
   rejected_mask: np.ndarray
   rejected_loss_mask: np.ndarray
+  layout: packing.RowLayout | None = dataclasses.field(default=None, kw_only=True)
 
   def __len__(self) -> int:
     return self.chosen_ids.shape[0]
+
+  def trees(self, prefix: str = "") -> dict[str, np.ndarray]:
+    """`packing.tree_arrays` of the pairs under `prefix` ('' or 'dominant_'), computed once."""
+    cache = self.__dict__.setdefault("_trees", {})
+    if prefix not in cache:
+      cache[prefix] = packing.tree_arrays({k: getattr(self, k) for k in (f"{prefix}{side}_{key}"
+                                                                          for side in packing.BRANCHES
+                                                                          for key in ("ids", "mask", "loss_mask"))},
+                                          prefix)
+    return cache[prefix]
+
+  def __getattr__(self, name: str):
+    prefix, tree, _ = name.partition("tree_")
+    if tree and prefix in ("", "dominant_") and not name.startswith("_"):
+      return self.trees(prefix)[name]
+    raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+  @property
+  def pipeline_keys(self) -> tuple[str, ...]:
+    """The arrays the input pipeline gathers per example: `batch_keys`, with the layout's trees for the pairs."""
+    if self.layout is None:
+      return self.batch_keys
+    trees = tuple(f"{p}tree_{k}" for p in self.layout.prefixes for k in packing.TREE_FIELDS)
+    return (*trees, *(k for k in self.batch_keys if k not in PAIR_KEYS and k not in DOMINANT_PAIR_KEYS))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +120,19 @@ class TokenizedData(PairArrays):
   def seen_languages(self) -> tuple[str, ...]:
     """Every language the training data shows the model."""
     return self.languages
+
+  @property
+  def variants_match_pair_prompts(self) -> bool:
+    """Whether every example's prompt variant in its pair language is its pair's prompt, token for token (then the
+    pair's prompt gives that variant's MLC representation, `packing.RowLayout.shared_variant`)."""
+    if "_variants_match" not in self.__dict__:
+      trees, n = self.trees(), len(self)
+      variant_ids = self.prompt_ids[np.arange(n), self.pair_language]
+      variant_len = self.prompt_mask[np.arange(n), self.pair_language].sum(-1)
+      prompt_len = trees["tree_prompt_last"] + 1
+      self.__dict__["_variants_match"] = bool(np.all(variant_len == prompt_len) and all(
+          np.array_equal(variant_ids[i, :prompt_len[i]], trees["tree_ids"][i, :prompt_len[i]]) for i in range(n)))
+    return self.__dict__["_variants_match"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,5 +356,9 @@ def tokenize_mpo(examples: Sequence[MpoExample], tokenizer: PreTrainedTokenizerB
 
 
 def total_tokens(batch: dict[str, np.ndarray]) -> int:
-  """Real (non-pad) tokens in a batch: every sequence's attention mask (pairs, dominant pairs, variants)."""
-  return int(sum(v.sum() for k, v in batch.items() if k.endswith("_mask") and not k.endswith("_loss_mask")))
+  """Real (non-pad) tokens in a batch: every sequence's attention mask (pairs, dominant pairs, variants); packed
+  pairs count as their unpacked sequences would (`packing.real_tokens`)."""
+  packed = packing.real_tokens(batch) if "rows_segments" in batch else 0
+  if "shared_variant" in batch:  # the variants read from the pairs' prompts: as long as those
+    packed += packing.prompt_tokens(batch)
+  return packed + int(sum(v.sum() for k, v in batch.items() if k.endswith("_mask") and not k.endswith("_loss_mask")))

@@ -2,6 +2,8 @@
 
 `token_logps` never materialises a float32 `[batch, seq, vocab]` array when given `vocab_chunk`: it streams
 the log-partition over vocabulary chunks and takes the target logit from the target columns of the head.
+`gather_positions` picks the positions a loss reads first, so the head runs on those only; `slot_sums` adds the
+per-token values of packed rows up per sequence.
 """
 from __future__ import annotations
 
@@ -110,3 +112,14 @@ def sequence_logps(token_logps: jax.Array, mask: jax.Array) -> tuple[jax.Array, 
   summed = jnp.sum(jnp.where(mask, token_logps, 0.0), axis=-1)
   count = jnp.sum(mask, axis=-1).astype(summed.dtype)
   return summed, summed / jnp.maximum(count, 1.0), count
+
+
+def gather_positions(hidden_bsd: jax.Array, index_bm: jax.Array) -> jax.Array:
+  """`hidden[b, index[b, m]]` `[B, M, D]`: the hidden states a loss reads, before the LM head runs on them."""
+  return jnp.take_along_axis(hidden_bsd, index_bm[..., None], axis=1)
+
+
+def slot_sums(values_bm: jax.Array, slot_bm: jax.Array, num_slots: int) -> jax.Array:
+  """Per-row sums `[B, num_slots]` of `values` `[B, M]` by slot (`slot` -1: left out, even where the value is NaN)."""
+  onehot_bmk = slot_bm[..., None] == jnp.arange(num_slots)
+  return jnp.sum(jnp.where(onehot_bmk, values_bm[..., None], 0.0), axis=1)

@@ -18,6 +18,13 @@ not slots: a new token sees the filled slots whose position is at most its own (
 tokens, is simply never attended. Memory: `2 · l · k · h · bytes(dtype)` per token per row for keys and values
 (+ 4 bytes of position), e.g. 128 KiB per token for Llama-3.1-8B in bf16 (2 · 32 · 8 · 128 · 2). Every layer,
 sliding ones included, keeps all `t` slots.
+
+Packed rows (`hidden_states(..., segment_ids=, branch_ids=)`): one row holds several sequences, and sequences that
+share a prefix hold it once. Token j is visible to token i when both are in the same segment (0 = padding, never
+seen), `position[j] <= position[i]`, and j is in the shared prefix (branch 0) or in i's own branch: a preference
+pair's chosen and rejected responses (branches 1 and 2) both attend to the keys and values of their one prompt, and
+never to each other. With RoPE positions restarting per sequence, every real token's hidden state equals that of
+the same token in its own unpacked sequence (tests/models/test_packed.py).
 """
 from __future__ import annotations
 
@@ -113,6 +120,8 @@ class AttentionInputs(NamedTuple):
   mask_bst: `[b, s, t]` bool, causal & key padding (read by the 'xla' implementation).
   sliding_mask_bst: `[b, s, t]` bool, mask_bst within the window; None when no window can mask anything
     (no sliding layer, or seq <= sliding_window) — then sliding layers run exactly as full ones.
+  packed: True when mask_bst is not "causal by index & key padding" (packed rows, a cache): the fused kernels then
+    take mask_bst itself (splash cannot).
   """
 
   cos: jax.Array
@@ -122,6 +131,7 @@ class AttentionInputs(NamedTuple):
   key_mask_bt: jax.Array
   mask_bst: jax.Array
   sliding_mask_bst: jax.Array | None
+  packed: bool = False
 
 
 EMPTY = np.iinfo(np.int32).max  # KVCache.positions of a slot that holds no token (never attended)
@@ -244,18 +254,23 @@ class Attention(nnx.Module):
 
   def _attend(self, q_bsnh, k_btkh, v_btkh, inputs: AttentionInputs, is_sliding, *, cached: bool):
     cfg, windowed = self.cfg, inputs.sliding_mask_bst is not None
+    mask_bst = inputs.mask_bst
+    if windowed:
+      mask_bst = jnp.where(is_sliding, inputs.sliding_mask_bst, mask_bst)
     if self.attention_impl == "xla" or cached:  # the fused kernels' causal mask assumes keys == queries
-      mask_bst = inputs.mask_bst
-      if windowed:
-        mask_bst = jnp.where(is_sliding, inputs.sliding_mask_bst, mask_bst)
-      return xla_attention(q_bsnh, k_btkh, v_btkh, mask_bst, scale=cfg.attention_scale,
-                           cap=cfg.attn_logit_softcap)
+      return xla_attention(q_bsnh, k_btkh, v_btkh, mask_bst, scale=cfg.attention_scale, cap=cfg.attn_logit_softcap)
     if self.attention_impl == "splash":
+      if inputs.packed:
+        raise ValueError("attention_impl='splash' cannot mask packed rows (shared prompts); set data.pack_pairs=0")
       run = functools.partial(splash_attention, q_bsnh, k_btkh, v_btkh, inputs.key_mask_bt, scale=cfg.attention_scale,
                               cap=cfg.attn_logit_softcap)
     else:
+      implementation = "cudnn" if self.attention_impl == "cudnn" else None
+      if inputs.packed:  # the row's own mask (window included), no causal-by-index assumption
+        return jax.nn.dot_product_attention(q_bsnh, k_btkh, v_btkh, mask=mask_bst[:, None], scale=cfg.attention_scale,
+                                            implementation=implementation)
       run = functools.partial(fused_attention, q_bsnh, k_btkh, v_btkh, inputs.key_mask_bt, scale=cfg.attention_scale,
-                              implementation="cudnn" if self.attention_impl == "cudnn" else None)
+                              implementation=implementation)
     if not windowed:
       return run(window=None)
     # Both variants are compiled into the one block; only the layer's own runs.
@@ -360,14 +375,16 @@ class Decoder(nnx.Module):
     return token_logps(hidden_bsd, head_dv, targets_bs, vocab_chunk=self.vocab_chunk,
                        logit_softcap=self.cfg.final_logit_softcap)
 
-  def hidden_states(self, input_ids, attention_mask=None, *, positions=None, num_blocks: int | None = None,
-                    collect: bool = False):
+  def hidden_states(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None, branch_ids=None,
+                    num_blocks: int | None = None, collect: bool = False):
     """Runs the first `num_blocks` blocks (all by default).
 
     Args:
       input_ids: `[batch, seq]` int token ids.
       attention_mask: `[batch, seq]`, 1 for real tokens and 0 for padding (None: no padding).
       positions: `[batch, seq]` RoPE positions; default `0..seq-1` per row, as HF's forward does.
+      segment_ids, branch_ids: `[batch, seq]` int, a packed row (module docstring): the mask then comes from them
+        and `positions` (required), and `attention_mask` must be None.
       num_blocks: how many blocks to run; fewer than `num_layers` skips the rest (and the final norm).
       collect: also return every block's output (costs `[num_blocks, batch, seq, hidden]` of memory).
 
@@ -380,11 +397,16 @@ class Decoder(nnx.Module):
     if not 0 <= num_blocks <= cfg.num_layers:
       raise ValueError(f"num_blocks={num_blocks} is outside [0, {cfg.num_layers}]")
     b, s = input_ids.shape
-    if attention_mask is None:
-      attention_mask = jnp.ones((b, s), jnp.bool_)
-    if positions is None:
-      positions = jnp.broadcast_to(jnp.arange(s), (b, s))
-    inputs = self._attention_inputs(attention_mask, positions)
+    if segment_ids is not None:
+      if positions is None or branch_ids is None or attention_mask is not None:
+        raise ValueError("packed rows take segment_ids with branch_ids and positions, and no attention_mask")
+      inputs = self._packed_attention_inputs(segment_ids, branch_ids, positions)
+    else:
+      if attention_mask is None:
+        attention_mask = jnp.ones((b, s), jnp.bool_)
+      if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(s), (b, s))
+      inputs = self._attention_inputs(attention_mask, positions)
     x_bsd, per_block_lbsd, _ = self._run_blocks(self.embed_tokens(input_ids), inputs, num_blocks, collect=collect)
     if num_blocks == cfg.num_layers:
       x_bsd = self.final_norm(x_bsd)
@@ -433,6 +455,19 @@ class Decoder(nnx.Module):
       sliding_mask_bst = mask_bst & band_st[None]
     return AttentionInputs(*self._rope_tables(positions), key_mask_bt, mask_bst, sliding_mask_bst)
 
+  def _packed_attention_inputs(self, segments_bs, branches_bs, positions_bs) -> AttentionInputs:
+    """The `[b, s, s]` masks of packed rows: same segment, shared prefix or same branch, by position (& window)."""
+    cfg, s = self.cfg, segments_bs.shape[1]
+    key_mask_bt = segments_bs != 0
+    offset_bst = positions_bs[:, :, None] - positions_bs[:, None, :]
+    visible_bst = (branches_bs[:, None, :] == 0) | (branches_bs[:, None, :] == branches_bs[:, :, None])
+    mask_bst = (key_mask_bt[:, None, :] & (segments_bs[:, :, None] == segments_bs[:, None, :]) & visible_bst
+                & (offset_bst >= 0))
+    sliding_mask_bst = None
+    if any(cfg.sliding_layers) and s > cfg.sliding_window:
+      sliding_mask_bst = mask_bst & (offset_bst < cfg.sliding_window)
+    return AttentionInputs(*self._rope_tables(positions_bs), key_mask_bt, mask_bst, sliding_mask_bst, packed=True)
+
   def _cached_attention_inputs(self, positions_bs, key_positions_bt) -> AttentionInputs:
     """The `[b, s, t]` masks of new tokens at `positions_bs` over cache slots at `key_positions_bt`, by position."""
     cfg = self.cfg
@@ -442,7 +477,7 @@ class Decoder(nnx.Module):
     mask_bst = key_mask_bt[:, None, :] & (offset_bst >= 0)
     if any(cfg.sliding_layers) and key_positions_bt.shape[1] > cfg.sliding_window:
       sliding_mask_bst = mask_bst & (offset_bst < cfg.sliding_window)
-    return AttentionInputs(*self._rope_tables(positions_bs), key_mask_bt, mask_bst, sliding_mask_bst)
+    return AttentionInputs(*self._rope_tables(positions_bs), key_mask_bt, mask_bst, sliding_mask_bst, packed=True)
 
   def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
     """An empty `KVCache` of `max_len` slots for `batch` rows (dtype: the compute dtype by default)."""

@@ -5,8 +5,10 @@ check) registered by name with `@register`. It owns everything the trainer needs
 
   data_kind         the data it reads (`mlc_jax.data.datasets`: preference pairs, MPO pairs, prompts, …)
   sides, logp_sides, pool_sides
-                    the sequences `{side}_{ids,mask,loss_mask}` `[B, T]` its forward runs, those whose response
-                    log-probs it needs (the LM head runs on those rows only) and those it mean-pools
+                    the sequences its forward runs, those whose response log-probs it needs (the LM head runs on
+                    their response tokens only) and those it mean-pools; preference-pair sides arrive packed
+                    (`mlc_jax.data.packing`: each pair's prompt once, `data.pack_pairs` pairs per row) or, with
+                    `data.pack_pairs=0`, as plain `{side}_{ids,mask,loss_mask}` `[B, T]`
   reference_keys    what the frozen initial model contributes per example (() = no reference), computed by
                     `reference_outputs` either once before training (cached) or live from a frozen copy
   outputs(model, batch) → dict    its forward
@@ -19,6 +21,7 @@ objective's name. `mlc_jax.objectives.mlc` is the add-on term any objective with
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import ClassVar, NamedTuple
 
@@ -26,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from mlc_jax.config.fields import ConfigError, Section
+from mlc_jax.data import packing
 from mlc_jax.data.datasets import DataKind
 from mlc_jax.losses import logps, mpo
 from mlc_jax.models import Decoder, ModelConfig, flops
@@ -84,12 +88,63 @@ class LossTerms(NamedTuple):
 
 def sequence_stats(model: Decoder, batch, sides: tuple[str, ...], *, logps_of: tuple[str, ...] = (),
                    pool_of: tuple[str, ...] = (), pool_padding: bool = False) -> dict[str, jax.Array]:
-  """One forward pass over the sequences `{side}_{ids,mask,loss_mask}` `[B, T]` of every side in `sides`.
+  """One forward pass over the sequences of `sides`: packed rows (`rows_*`), per-example trees (`{prefix}tree_*`, the
+  reference precompute's) or plain `{side}_{ids,mask,loss_mask}` `[B, T]`.
 
   Returns `{side}_sum` and `{side}_mean` `[B]` (summed and per-token average response log-probs) for the
-  sides in `logps_of`, which must be the first sides of `sides` (the LM head runs on those rows only), and
-  `{side}_pool` `[B, hidden]` (final hidden states mean-pooled, see `mpo.mean_pool`) for those in `pool_of`.
+  sides in `logps_of`, and `{side}_pool` `[B, hidden]` (final hidden states mean-pooled, see `mpo.mean_pool`) for
+  those in `pool_of`; from packed rows also `prompt_state` `[B, hidden]`, the final hidden state at each pair's last
+  prompt token (the MLC representation of its shared variant).
   """
+  prefix = packing.tree_prefixes(sides)[0] if all(_is_pair_side(side) for side in sides) else None
+  if prefix is not None and f"{prefix}tree_ids" in batch:
+    if len(packing.tree_prefixes(sides)) != 1:
+      raise ValueError(f"per-example trees hold one pair; sides {sides} span several")
+    batch = packing.as_rows(batch, prefix)
+  if "rows_ids" in batch:
+    return _packed_stats(model, batch, sides, logps_of, pool_of, pool_padding)
+  return _plain_stats(model, batch, sides, logps_of, pool_of, pool_padding)
+
+
+def _is_pair_side(side: str) -> bool:
+  return side.endswith(packing.BRANCHES)
+
+
+def _packed_stats(model: Decoder, batch, sides, logps_of, pool_of, pool_padding) -> dict[str, jax.Array]:
+  """`sequence_stats` of packed rows (`mlc_jax.data.packing`): the head only at the scored positions."""
+  if pool_of and pool_padding:
+    raise ValueError("mean-pooling over padding needs the plain layout (data.pack_pairs=0)")
+  num_branches = len(packing.BRANCHES)
+  hidden = model.hidden_states(batch["rows_ids"], positions=batch["rows_positions"],
+                               segment_ids=batch["rows_segments"], branch_ids=batch["rows_branches"])
+  rows = hidden.shape[0]
+  pairs = batch[f"{packing.tree_prefixes(sides)[0]}prompt_last"].shape[1]  # per row
+  out = {}
+  for prefix in packing.tree_prefixes(logps_of):
+    slot = batch[f"{prefix}scores_slot"]
+    token = model.token_logps(logps.gather_positions(hidden, batch[f"{prefix}scores_index"]),
+                              batch[f"{prefix}scores_targets"])
+    summed = logps.slot_sums(token, slot, pairs * num_branches).reshape(rows * pairs, num_branches)
+    count = logps.slot_sums(jnp.ones_like(token), slot, pairs * num_branches).reshape(rows * pairs, num_branches)
+    for side in logps_of:
+      side_prefix, branch = packing.side_tree(side)
+      if side_prefix == prefix:
+        out[f"{side}_sum"] = summed[:, branch - 1]
+        out[f"{side}_mean"] = summed[:, branch - 1] / jnp.maximum(count[:, branch - 1], 1.0)
+  for side in pool_of:  # a sequence is its tree's prompt and its branch
+    prefix, branch = packing.side_tree(side)
+    segment_rj = jnp.take_along_axis(batch["rows_segments"], batch[f"{prefix}prompt_last"], axis=1)
+    in_sequence_rsj = ((batch["rows_segments"][..., None] == segment_rj[:, None, :])
+                       & jnp.isin(batch["rows_branches"], jnp.array([0, branch]))[..., None]).astype(jnp.float32)
+    total = jnp.einsum("rsj,rsd->rjd", in_sequence_rsj, hidden.astype(jnp.float32)).reshape(rows * pairs, -1)
+    out[f"{side}_pool"] = total / jnp.maximum(in_sequence_rsj.sum(1).reshape(rows * pairs, 1), 1.0)
+  if "shared_variant" in batch:
+    out["prompt_state"] = logps.gather_positions(hidden, batch["prompt_last"]).reshape(rows * pairs, -1)
+  return out
+
+
+def _plain_stats(model: Decoder, batch, sides, logps_of, pool_of, pool_padding) -> dict[str, jax.Array]:
+  """`sequence_stats` of plain `[B, T]` sequences: every side its own row, the head on every position."""
   if tuple(sides[:len(logps_of)]) != tuple(logps_of):
     raise ValueError(f"logps_of={logps_of} must be the first sides of {sides}")
   cat = lambda key, which: jnp.concatenate([batch[f"{side}_{key}"] for side in which])
@@ -129,10 +184,31 @@ class Objective(Section):
   reference_keys: ClassVar[tuple[str, ...]] = ()
   reference_sides: ClassVar[tuple[str, ...]] = ("chosen", "rejected")
 
-  @property
-  def reference_inputs(self) -> tuple[str, ...]:
-    """The batch keys `reference_outputs` reads."""
+  def pairs_packed(self, run) -> bool:
+    """Whether this run's batches hold packed rows (`data.pack_pairs` > 0 and every side a preference-pair side)."""
+    return run.data.pack_pairs > 0 and all(map(_is_pair_side, (*self.sides, *self.reference_sides)))
+
+  def reference_inputs(self, run) -> tuple[str, ...]:
+    """The dataset arrays `reference_outputs` reads before training: the per-example trees of the reference sides
+    when pairs are packed, else their plain sequences."""
+    if self.pairs_packed(run):
+      prefixes = packing.tree_prefixes(self.reference_sides)
+      return tuple(f"{prefix}tree_{k}" for prefix in prefixes for k in packing.TREE_FIELDS)
     return tuple(f"{side}_{k}" for side in self.reference_sides for k in ("ids", "mask", "loss_mask"))
+
+  def row_layout(self, run) -> packing.RowLayout | None:
+    """How the input pipeline packs this run's pairs (None: plain sequences). The response tokens of the logp sides
+    are scored, and those of the reference sides when the frozen model runs live; with the MLC term reading the
+    final-norm output, the variant that is the pair's own prompt is taken from the pair's row."""
+    if not self.pairs_packed(run):
+      return None
+    scored = (*self.logp_sides, *(self.reference_sides if self.live_reference(run) else ()))
+    mlc = run.mlc
+    shared = mlc.enabled and "" in packing.tree_prefixes(self.sides) and (
+        mlc.layer in (-1, run.architecture().num_layers))
+    return packing.RowLayout(self.sides, tuple(dict.fromkeys(s for s in self.sides if s in scored)),
+                             pairs_per_row=run.data.pack_pairs, multiple=run.data.pack_multiple,
+                             shared_variant=shared)
 
   @property
   def reference_cache_name(self) -> str:
@@ -148,7 +224,7 @@ class Objective(Section):
     """What is computed once from the initial model before training: the reference values when
     `reference=precomputed` (None when there are none to compute)."""
     if run.reference == "precomputed" and self.reference_keys:
-      return Precomputed(self.reference_cache_name, self.reference_inputs, self.reference_keys,
+      return Precomputed(self.reference_cache_name, self.reference_inputs(run), self.reference_keys,
                          self.reference_outputs)
     return None
 
@@ -173,8 +249,18 @@ class Objective(Section):
     raise NotImplementedError
 
   def step_flops(self, model_cfg: ModelConfig, shapes: dict[str, tuple[int, ...]], *, frozen_reference: bool) -> float:
-    """Analytic model FLOPs of its forward and backward on a batch whose arrays have `shapes` (`[B, T]` per side;
-    the LM head scores every position of its `logp_sides`), plus the frozen reference's forward when it runs live."""
+    """Analytic model FLOPs of its forward and backward on a batch whose arrays have `shapes`, plus the frozen
+    reference's forward when it runs live. Packed rows `[r, S]`: every row position through the blocks (attention
+    counted causal over the row), the head at the `[r, M]` scored positions; plain `[B, T]` per side: the head at
+    every position of the `logp_sides`."""
+    if "rows_ids" in shapes:
+      r, s = shapes["rows_ids"]
+      blocks = r * flops.forward_flops(model_cfg, s)
+      head = lambda sides: sum(math.prod(shapes[f"{prefix}scores_index"]) for prefix in packing.tree_prefixes(sides)
+                               if f"{prefix}scores_index" in shapes)
+      head_flops = lambda sides: flops.forward_flops(model_cfg, 1, num_blocks=0, head_positions=head(sides))
+      frozen = blocks + head_flops(self.reference_sides) if frozen_reference else 0
+      return flops.training_flops(blocks + head_flops(self.logp_sides)) + frozen
     b, t = shapes[f"{self.sides[0]}_ids"]
     head = flops.forward_flops(model_cfg, t, num_blocks=0, head_positions=t)
     forward = len(self.sides) * flops.forward_flops(model_cfg, t) + len(self.logp_sides) * head

@@ -53,16 +53,24 @@ class Mlc(Section):
     return Extractor(model_cfg.hidden_size, self.extractor_dim, rngs=nnx.Rngs(seed),
                      param_dtype=param_dtype)
 
-  def term(self, policy, batch, apply: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def term(self, policy, batch, apply: jax.Array, prompt_state: jax.Array | None = None
+           ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(weight · L_cons, metrics) for one micro-batch; zero where `apply` (a traced bool) is False.
 
-    `policy` has `.model` (a `Decoder`) and `.extractor`; `batch` holds `prompt_ids`, `prompt_mask` `[B, L, P]`.
+    `policy` has `.model` (a `Decoder`) and `.extractor`; `batch` holds `prompt_ids`, `prompt_mask` `[B, L, P]`, or
+    with `shared_variant` `[B]` the L - 1 variants other than each pair's own prompt, whose representation is then
+    `prompt_state` `[B, hidden]` (from the pair's forward). The singular values do not depend on the order of the
+    languages, so that one is simply appended.
     """
     layer = self.representation_layer(policy.model.cfg)
+    if "shared_variant" in batch and prompt_state is None:
+      raise ValueError("a batch with shared_variant needs the pairs' prompt_state (the objective's outputs)")
 
     def consistency():
-      z = policy.extractor(last_token_states(policy.model, batch["prompt_ids"], batch["prompt_mask"], layer=layer))
-      z = z.astype(jnp.float32)
+      states = last_token_states(policy.model, batch["prompt_ids"], batch["prompt_mask"], layer=layer)
+      if "shared_variant" in batch:
+        states = jnp.concatenate([states, prompt_state[:, None].astype(states.dtype)], axis=1)
+      z = policy.extractor(states).astype(jnp.float32)
       return (mlc_loss.consistency_loss(z, tau=self.tau, normalize=self.normalize),
               jax.lax.stop_gradient(mlc_loss.sigma1_share(z).mean()))
 
@@ -71,12 +79,12 @@ class Mlc(Section):
 
   def step_flops(self, model_cfg: ModelConfig, shapes: dict[str, tuple[int, ...]]) -> float:
     """Analytic model FLOPs of the term (forward and backward) on prompt variants `[B, L, P]`: the blocks up to the
-    representation layer and the extractor at one position per variant."""
+    representation layer and the extractor at one position per variant (and at the shared variant's)."""
     b, num_langs, p = shapes["prompt_ids"]
-    forward = (flops.forward_flops(model_cfg, p, num_blocks=min(self.representation_layer(model_cfg),
-                                                                 model_cfg.num_layers))
-               + 2 * model_cfg.hidden_size * self.extractor_dim)
-    return b * num_langs * flops.training_flops(forward)
+    blocks = flops.forward_flops(model_cfg, p, num_blocks=min(self.representation_layer(model_cfg),
+                                                               model_cfg.num_layers))
+    extractor = 2 * model_cfg.hidden_size * self.extractor_dim * (num_langs + ("shared_variant" in shapes))
+    return b * flops.training_flops(num_langs * blocks + extractor)
 
   def metadata(self, model_cfg: ModelConfig) -> dict:
     """What a user of an exported extractor needs to compute the representation."""

@@ -41,6 +41,9 @@ class Mpo(Objective):
     return "mpo_dominant" + ("_padded" if self.pool_padding else "")
 
   def check_run(self, run):
+    if self.pool_padding and run.data.pack_pairs:
+      raise ConfigError(f"objective.mpo.pool_padding=True averages over padding, which packed rows do not have; set "
+                        f"data.pack_pairs=0 (got {run.data.pack_pairs})")
     if self.pool_padding and run.data.pair_buckets:
       raise ConfigError(f"objective.mpo.pool_padding=True averages over the padded length, which data.pair_buckets="
                         f"{tuple(run.data.pair_buckets)} changes per batch; use one or the other")

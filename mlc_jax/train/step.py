@@ -1,8 +1,10 @@
 """The one compiled train step: the objective's loss (plus the MLC term), gradient accumulation, AdamW, state donated.
 
-A micro-batch of B examples holds the keys of its objective's data kind (`{side}_{ids,mask,loss_mask}` `[B, T]`,
+A micro-batch of B examples holds the keys of its objective's data kind (`{side}_{ids,mask,loss_mask}` `[B, T]`, or
+the pairs packed into rows `rows_*` `[r, S]` with their scored positions (`mlc_jax.data.packing`),
 `prompt_ids`/`prompt_mask` `[B, L, P]` for MLC, `pair_language` `[B]`, …) and, when the reference values were
-precomputed, `ref_<key>` `[B]` or `[B, …]` for each of the objective's `reference_keys`.
+precomputed, `ref_<key>` `[B]` or `[B, …]` for each of the objective's `reference_keys`. Row arrays are split into
+micro-batches like the examples: micro-batch m's rows hold exactly its examples.
 """
 from __future__ import annotations
 
@@ -89,7 +91,7 @@ def loss_fn(policy, ref_model, batch, apply_mlc, objective: Objective, mlc: Mlc 
   if num_languages and "pair_language" in batch:
     metrics.update(per_language_sums(per_example, batch["pair_language"], num_languages))
   if mlc is not None:
-    mlc_loss, mlc_metrics = mlc.term(policy, batch, apply_mlc)
+    mlc_loss, mlc_metrics = mlc.term(policy, batch, apply_mlc, outputs.get("prompt_state"))
     loss = loss + mlc_loss
     metrics.update(mlc_metrics)
   metrics["loss"] = loss
