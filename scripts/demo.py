@@ -18,9 +18,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def first_reply(generations: str, lang: str) -> dict:
-  with open(generations, encoding="utf-8") as f:
-    return next(r for r in map(json.loads, f) if r["lang"] == lang)
+def replies(eval_dir: str, lang: str) -> dict:
+  """{prompt id: the generation record, with the judge's label} of one language of an evaluation."""
+  with open(os.path.join(eval_dir, "generations.jsonl"), encoding="utf-8") as f:
+    out = {r["id"]: r for r in map(json.loads, f) if r["lang"] == lang}
+  with open(os.path.join(eval_dir, "verdicts.jsonl"), encoding="utf-8") as f:
+    for v in map(json.loads, f):
+      if v["lang"] == lang:
+        out[v["id"]]["label"] = v["label"]
+  return out
 
 
 def check_export(workdir: str, prompt: str) -> float:
@@ -52,13 +58,15 @@ def main():
   summary = transfer.run(args.out, setting=setting, budget=transfer.BUDGETS["demo"], manual_dir="")
   out = os.path.abspath(args.out)
 
-  before = first_reply(os.path.join(out, "eval", "start", "harmful", "generations.jsonl"), "sw")
-  after = first_reply(os.path.join(out, "eval", "dpo_mlc-s0", "harmful", "generations.jsonl"), "sw")
-  dpo = first_reply(os.path.join(out, "eval", "dpo-s0", "harmful", "generations.jsonl"), "sw")
-  assert before["id"] == after["id"] == dpo["id"]
+  by_model = {name: replies(os.path.join(out, "eval", run, "harmful"), "sw")
+              for name, run in (("start (SFT)", "start"), ("DPO", "dpo-s0"), ("DPO+MLC", "dpo_mlc-s0"))}
+  # a request the start complies with, preferably one DPO+MLC refuses
+  complied = [i for i, r in by_model["start (SFT)"].items() if r["label"] != "safe"]
+  pick = next((i for i in complied if by_model["DPO+MLC"][i]["label"] == "safe"), (complied or [*by_model["DPO"]])[0])
+  before = by_model["start (SFT)"][pick]
   print(f"\nA held-out Swahili request: {before['prompt']!r}")
-  for name, reply in (("start (SFT)", before), ("DPO", dpo), ("DPO+MLC", after)):
-    print(f"  {name:12s} {reply['response']!r}")
+  for name, by_id in by_model.items():
+    print(f"  {name:12s} [{by_id[pick]['label']:7s}] {by_id[pick]['response']!r}")
 
   print("\nexporting DPO+MLC to HF and reloading it in transformers (PyTorch)")
   diff = check_export(os.path.join(out, "dpo_mlc-s0"), before["prompt"])

@@ -9,6 +9,7 @@ evaluations are kept). OUT/results.md has the table, OUT/safety_by_language.png 
 OUT/consistency/sigma1_share_by_layer.png the plots.
 """
 import argparse
+import dataclasses
 import os
 import sys
 
@@ -22,6 +23,9 @@ def main(argv=None) -> int:
   mode = parser.add_mutually_exclusive_group()
   mode.add_argument("--quick", action="store_true", help="one seed, fewer steps, 24 test prompts per language")
   mode.add_argument("--select", action="store_true", help="the validation sweep (never reads the test split)")
+  parser.add_argument("--benign_share", type=float, default=None,
+                      help="share of benign pairs in the alignment data (default 0.3, chosen on validation; 0 = "
+                           "harmful prompts only, as in the MLC paper's PKU-SafeRLHF pairs)")
   parser.add_argument("--manual_dir", default=os.path.join(ROOT, "..", "shared", "data"),
                       help="the folder with the MultiJail CSV (TFDS manual_dir)")
   parser.add_argument("--data_dir", default="", help="TFDS data_dir ('' = TFDS's default)")
@@ -29,6 +33,10 @@ def main(argv=None) -> int:
 
   from mlc_jax.experiments import transfer
   setting, budget = transfer.SETTINGS["multijail"], transfer.BUDGETS["quick" if args.quick else "full"]
+  if args.benign_share is not None:
+    if not 0 <= args.benign_share < 1:
+      parser.error(f"--benign_share {args.benign_share}: must be in [0, 1)")
+    setting = dataclasses.replace(setting, benign_share=args.benign_share)
   if args.select:
     transfer.select(args.out, setting=setting, manual_dir=args.manual_dir, data_dir=args.data_dir)
   else:

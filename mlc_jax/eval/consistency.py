@@ -164,7 +164,7 @@ def main(argv=None) -> int:
                 indent=1)
     plot_sigma1_share({k: v["sigma1_share"] for k, v in results.items()},
                       os.path.join(args.out, "sigma1_share_by_layer.png"), languages=len(langs),
-                      title=f"Cross-lingual collinearity per layer: {args.dataset}, {len(complete)} prompts × "
+                      title=f"Cross-lingual collinearity per layer: {os.path.basename(args.dataset)}, {len(complete)} prompts × "
                             f"{len(langs)} languages")
 
   return cli.run(body)

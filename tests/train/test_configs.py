@@ -46,6 +46,12 @@ def test_resume_guard_ignores_only_harmless_keys():
   assert config_lib.run_altering_differences(a.to_dict(), b.to_dict()) == []
   c = config_lib.apply_overrides(load("demo.py"), ["mlc.tau=0.5"])
   assert config_lib.run_altering_differences(a.to_dict(), c.to_dict()) == ["mlc.tau"]
+  # a run saved before a key existed resumes while the key stays at its default, not once it is changed
+  older = a.to_dict()
+  del older["data"]["pack_pairs"]
+  assert config_lib.run_altering_differences(older, a.to_dict()) == []
+  packed = config_lib.apply_overrides(load("demo.py"), ["data.pack_pairs=1"])
+  assert config_lib.run_altering_differences(older, packed.to_dict()) == ["data.pack_pairs"]
 
 
 @pytest.mark.parametrize("spec", ["demo.py", "mlc.py:model=tiny,langs=builtin", "mlc.py:model=tiny,langs=mlc10",
