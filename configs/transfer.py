@@ -6,7 +6,7 @@
 
 `scripts/experiment_transfer.py` writes TASK (mlc_jax/experiments/transfer_task.py) and runs every stage; these
 commands are what it runs. ARG is `key=value` pairs separated by commas:
-  stage  sft (the misaligned start: every train prompt in every language answered by its compliance) |
+  stage  sft (the misaligned start: every train prompt in every language, answered mostly by its compliance) |
          dpo (English pairs only) | dpo_mlc (the same pairs plus MLC on the prompt variants in the seen languages)
   task   the folder with sft.jsonl / align.jsonl (required)
   start  the start model's HF export (dpo, dpo_mlc: required)
@@ -18,8 +18,9 @@ budgets. DPO and DPO+MLC differ only in mlc.enabled; both start from the same ex
 the same steps at the same learning rate. The DPO arm carries RPO's NLL term (objective.dpo.nll_weight = 1): plain
 DPO on byte sequences pushed the chosen refusal down with the compliance and the replies fell apart (measured,
 docs/experiments/transfer.md). β is the paper's 0.1; the learning rate, α and the share of benign pairs were chosen
-on the validation split (the trials are listed in docs/experiments/transfer.md); λ, τ and the layer are the paper's
-(0.8, 0.2, the final-norm output). `scripts/experiment_transfer.py --select` is the full validation sweep.
+on the validation split, then the MLC layer (2 of 4 over the final-norm output; the trials are listed in
+docs/experiments/transfer.md); λ and τ are the paper's (0.8, 0.2). `scripts/experiment_transfer.py --select` is the
+full validation sweep.
 """
 import os
 import types
@@ -31,7 +32,7 @@ STAGES = ("sft", "dpo", "dpo_mlc")
 
 SFT = dict(steps=200, lr=3e-3, batch_size=32)
 ALIGN = dict(steps=120, lr=3e-4, batch_size=16, beta=0.1, nll_weight=1.0)
-MLC = dict(weight=0.8, tau=0.2, layer=-1, aux_every=1, extractor_dim=64)
+MLC = dict(weight=0.8, tau=0.2, layer=2, aux_every=1, extractor_dim=64)
 
 
 def get_config(arg=None):

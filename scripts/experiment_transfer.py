@@ -21,7 +21,7 @@ def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", required=True, help="the experiment's folder")
   mode = parser.add_mutually_exclusive_group()
-  mode.add_argument("--quick", action="store_true", help="one seed, fewer steps, 24 test prompts per language")
+  mode.add_argument("--quick", action="store_true", help="one seed, fewer steps, 16 test prompts per language")
   mode.add_argument("--select", action="store_true", help="the validation sweep (never reads the test split)")
   parser.add_argument("--benign_share", type=float, default=None,
                       help="share of benign pairs in the alignment data (default 0.3, chosen on validation; 0 = "

@@ -123,13 +123,15 @@ def to_json(config: ml_collections.ConfigDict) -> str:
 def run_altering_differences(saved: dict, current: dict) -> list[str]:
   """Flattened keys whose values differ between two config dicts, ignoring RESUMABLE_CHANGES, the sections of
   objectives neither config selects (they do not alter the run, and a config saved before an objective existed
-  lacks its section), and keys a saved config lacks that `current` leaves at their defaults (the key is newer than
+  lacks its section), the MLC keys when neither enables MLC, and keys a saved config lacks that `current` leaves at their defaults (the key is newer than
   the run, and a new key's default keeps the behaviour it had)."""
   from mlc_jax.config.run import base_config
   a, b = flatten(saved), flatten(current)
   defaults = flatten(json.loads(to_json(base_config())))
   used = {a.get("objective.name"), b.get("objective.name")}
-  unused = lambda k: k.startswith("objective.") and k != "objective.name" and k.split(".")[1] not in used
+  mlc_off = not a.get("mlc.enabled") and not b.get("mlc.enabled")
+  unused = lambda k: ((k.startswith("objective.") and k != "objective.name" and k.split(".")[1] not in used)
+                      or (mlc_off and k.startswith("mlc.")))
   newer = lambda k: k not in a and k in defaults and _norm(b.get(k)) == _norm(defaults[k])
   keys = sorted(set(a) | set(b))
   return [k for k in keys if k not in RESUMABLE_CHANGES and not unused(k) and not newer(k)

@@ -68,7 +68,7 @@ class Budget:
 
 
 BUDGETS = {"full": Budget(),
-           "quick": Budget(seeds=(0,), sft_steps=120, align_steps=60, eval_limit=24, consistency_limit=24),
+           "quick": Budget(seeds=(0,), sft_steps=100, align_steps=40, eval_limit=16, consistency_limit=16),
            "demo": Budget(seeds=(0,), sft_steps=100, align_steps=60, consistency_limit=12)}
 
 
