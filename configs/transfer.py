@@ -35,6 +35,13 @@ ALIGN = dict(steps=120, lr=3e-4, batch_size=16, beta=0.1, nll_weight=1.0)
 MLC = dict(weight=0.8, tau=0.2, layer=2, aux_every=1, extractor_dim=64)
 
 
+def _stage(c, path: str, langs: str, response_len: int, schedule: dict):
+  """The stage's data (an mlc_jsonl file, languages joined by '+') and its optimisation schedule."""
+  c.data.path, c.data.langs, c.data.max_response_len = path, langs.replace("+", ","), response_len
+  c.optim.lr, c.train.batch_size = schedule["lr"], schedule["batch_size"]
+  c.train.steps = c.checkpoint.every = schedule["steps"]
+
+
 def get_config(arg=None):
   a = parse_arg(arg, file="configs/transfer.py", choices=dict(stage=STAGES),
                 defaults=dict(stage="sft", task="", start="", langs="multijail", seen="en+zh+ar+bn+sw"))
@@ -53,13 +60,7 @@ def get_config(arg=None):
   if args.stage == "sft":
     c.objective.name = "sft"
     c.mlc.enabled = False
-    c.data.path = os.path.join(args.task, "sft.jsonl")
-    c.data.langs = args.langs.replace("+", ",")
-    c.data.max_response_len = RESPONSE_LEN
-    c.optim.lr = SFT["lr"]
-    c.train.batch_size = SFT["batch_size"]
-    c.train.steps = SFT["steps"]
-    c.checkpoint.every = SFT["steps"]
+    _stage(c, os.path.join(args.task, "sft.jsonl"), args.langs, RESPONSE_LEN, SFT)
     return c
   if not args.start:
     raise ConfigError(f"configs/transfer.py: stage={args.stage} needs start=HF_DIR (the start model's export)")
@@ -67,13 +68,7 @@ def get_config(arg=None):
   c.objective.name = "dpo"
   c.objective.dpo.beta = ALIGN["beta"]
   c.objective.dpo.nll_weight = ALIGN["nll_weight"]
-  c.data.path = os.path.join(args.task, "align.jsonl")
-  c.data.langs = args.seen.replace("+", ",")
-  c.data.max_response_len = ALIGN_RESPONSE_LEN
-  c.optim.lr = ALIGN["lr"]
-  c.train.batch_size = ALIGN["batch_size"]
-  c.train.steps = ALIGN["steps"]
-  c.checkpoint.every = ALIGN["steps"]
+  _stage(c, os.path.join(args.task, "align.jsonl"), args.seen, ALIGN_RESPONSE_LEN, ALIGN)
   c.mlc.enabled = args.stage == "dpo_mlc"
   for key, value in MLC.items():
     setattr(c.mlc, key, value)

@@ -31,17 +31,21 @@ def main(argv=None) -> int:
   parser.add_argument("--data_dir", default="", help="TFDS data_dir ('' = TFDS's default)")
   args = parser.parse_args(argv)
 
+  from mlc_jax import cli
   from mlc_jax.experiments import transfer
   setting, budget = transfer.SETTINGS["multijail"], transfer.BUDGETS["quick" if args.quick else "full"]
   if args.benign_share is not None:
     if not 0 <= args.benign_share < 1:
       parser.error(f"--benign_share {args.benign_share}: must be in [0, 1)")
     setting = dataclasses.replace(setting, benign_share=args.benign_share)
-  if args.select:
-    transfer.select(args.out, setting=setting, manual_dir=args.manual_dir, data_dir=args.data_dir)
-  else:
-    transfer.run(args.out, setting=setting, budget=budget, manual_dir=args.manual_dir, data_dir=args.data_dir)
-  return 0
+
+  def body():
+    if args.select:
+      transfer.select(args.out, setting=setting, manual_dir=args.manual_dir, data_dir=args.data_dir)
+    else:
+      transfer.run(args.out, setting=setting, budget=budget, manual_dir=args.manual_dir, data_dir=args.data_dir)
+
+  return cli.run(body, {cli.BAD_INPUT: 2, transfer.StageError: 1})
 
 
 if __name__ == "__main__":

@@ -76,9 +76,13 @@ def _log(message: str):
   print(f"[transfer {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+class StageError(RuntimeError):
+  """A stage's command failed (it printed why)."""
+
+
 def _check(rc: int, what: str):
   if rc:
-    raise RuntimeError(f"{what} failed with exit code {rc} (its output is above)")
+    raise StageError(f"{what} failed with exit code {rc} (its output is above)")
 
 
 def train(workdir: str, stage: str, task_dir: str, *, start: str = "", seed: int = 0, steps: int | None = None,

@@ -110,3 +110,15 @@ def test_the_quick_experiment_runs_and_its_outputs_agree(tmp_path):
   for png in ("safety_by_language.png", "consistency/sigma1_share_by_layer.png"):
     assert (out / png).stat().st_size > 10_000
   assert "[transfer" in done.stdout and "done in" in done.stdout
+
+
+def test_a_missing_data_folder_is_one_error_line_and_writes_nothing(tmp_path):
+  out = tmp_path / "x"
+  done = subprocess.run([sys.executable, str(ROOT / "scripts" / "experiment_transfer.py"), "--out", str(out),
+                         "--manual_dir", str(tmp_path / "nowhere"), "--data_dir", str(tmp_path / "tfds")],
+                        capture_output=True, text=True, env={**os.environ, "XLA_FLAGS": "", "PYTHONPATH": str(ROOT)},
+                        timeout=300)
+  assert done.returncode == 2 and "Traceback" not in done.stderr
+  errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]  # (TFDS logs a line first)
+  assert len(errors) == 1 and errors[0].startswith(f"error: multijail: Manual directory {tmp_path / 'nowhere'}")
+  assert not out.exists()
