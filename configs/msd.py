@@ -25,7 +25,8 @@ Every setting below is OURS: the paper does not publish them.
   teacher_template: the prompt, "(The same request in English: …)", then "First consider, in English, whether
     answering this request could cause harm. If it could, refuse politely; if not, help. Reply in the language of
     the original request." (`mlc_jax/objectives/msd.py` DEFAULT_TEACHER)
-  top_k 20, weighting dpsw, temperature 1.0, top_p 1.0, max_new_tokens 128 (64 for tiny), lr 1e-6 (1e-3 for tiny),
+  top_k 20, weighting dpsw, temperature 1.0, top_p 1.0, max_new_tokens 128 (48 for tiny), resample_every 1
+  (on-policy: N > 1 samples the next N steps' prompts at once, responses up to N-1 steps old), lr 1e-6 (1e-3 for tiny),
   batch 8 prompts, 1 epoch over XSafety's aligned prompts (2,800 rows × 9 targets ≈ 25k examples, capped at
   train.steps=500), cosine schedule with warmup 0.1, prompt 128 and teacher context 256 tokens, bf16 activations,
   fp32 master weights and AdamW, full remat.

@@ -7,6 +7,7 @@ import tempfile
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 from cpu_mesh import xla_flags
 from paths import ROOT
 
@@ -89,6 +90,12 @@ def run_train(workdir, *overrides, kill_after=None, args=(), timeout=300) -> sub
   overrides = (*SMALL, "train.steps=6", "checkpoint.every=2", "train.log_every=1", *overrides)
   return run_cli(*launcher, "--config", DEMO, "--workdir", workdir, *args, *[f"--config.{o}" for o in overrides],
                  timeout=timeout)
+
+
+def final_params(workdir, step=6):
+  """The parameters saved at `step` in WORKDIR's checkpoints (host arrays)."""
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  return ocp.StandardCheckpointer().restore(os.path.abspath(path))["params"]
 
 
 def tree_digest(path) -> str:

@@ -229,9 +229,14 @@ class Objective(Section):
     return None
 
   def sampling_step(self, spec, run, mesh, tokenizer) -> Callable | None:
-    """A jitted `fn(model_params, batch, step) → batch` run before every train step (on-policy sampling from the
-    live parameters; `batch` in the step's `[grad_accum, micro, …]` layout), or None."""
+    """A jitted `fn(model_params, batches, first_step) → batches` (on-policy sampling from the live parameters), or
+    None: `batches` is a tuple of the device batches of steps `first_step, first_step + 1, …` in the step's
+    `[grad_accum, micro, …]` layout, returned with the sampled keys added (`mlc_jax.train.batches`)."""
     return None
+
+  def sampling_every(self) -> int:
+    """How many steps' batches each `sampling_step` call answers (1: before every step)."""
+    return 1
 
   def check_run(self, run) -> None:
     """Checks against the rest of the run's config (`mlc_jax.config.run.RunConfig`); raise `ConfigError`."""

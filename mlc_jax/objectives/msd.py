@@ -4,14 +4,16 @@ The same network twice. The student is the policy shown the target-language prom
 initial model shown the target prompt, its English translation and a reasoning instruction (`teacher_template`).
 On a response y, `loss = (1/|y|) Σ_t w̃_t · KL(p_S(·|x, y_<t) ‖ p_T(·|x, x_en, C, y_<t))` with DPSW weights
 (`mlc_jax.losses.msd`). `mode`: `on_policy` samples y from the current student before every step (on the same
-mesh, from the live parameters); `off_policy` samples y once from the teacher before training (cached in
-WORKDIR/reference like reference log-probs).
+mesh, from the live parameters; with `resample_every` N, every N steps for the next N steps' prompts);
+`off_policy` samples y once from the teacher before training (cached in WORKDIR/reference like reference
+log-probs).
 
 Our choices where the paper (as far as we have it) is silent — each a config value:
   teacher_template  the reasoning instruction C and how the English translation is shown (`DEFAULT_TEACHER`)
   top_k 20          K of the teacher confidence w^T = 1 − H(top-K renormalised p_T) / log K
   weighting dpsw    ('uniform' is plain per-token reverse KL)
   temperature 1.0, top_p 1.0, max_new_tokens 64: how responses are sampled
+  resample_every 1  (N > 1 samples N steps' prompts at once: fewer, larger sampler calls, slightly stale responses)
 The teacher is always live (`reference=frozen_copy`): its logits on every sampled response are needed in the step.
 """
 from __future__ import annotations
@@ -73,6 +75,8 @@ class Msd(Objective):
   teacher_template: str = field(DEFAULT_TEACHER, "the teacher's user turn: {prompt} and {english} are filled in",
                                 _template_problem)
   seed: int = field(0, "seed of the sampled responses (row and step are folded in)", non_negative())
+  resample_every: int = field(1, "on-policy: every N steps the student answers the next N steps' prompts in one "
+                              "sampler call (responses up to N-1 steps old; ours: 1, strictly on-policy)", positive())
 
   def check_run(self, run):
     if run.reference != "frozen_copy":
@@ -111,26 +115,30 @@ class Msd(Objective):
                        teacher_samples, identity={"sampling": repr(settings), "seed": self.seed})
 
   def sampling_step(self, spec, run, mesh, tokenizer):
-    """On-policy: before each step the current student answers the batch's prompts (from the live parameters, on
-    the mesh); row r of step s draws with `fold_in(key(seed), s · B + r)`."""
+    """On-policy: the current student answers the prompts of a tuple of batches in one call (from the live
+    parameters, on the mesh); row r of the batch of step s draws with `fold_in(key(seed), s · B + r)`, so the samples
+    do not depend on `resample_every`'s grouping, only on the parameters that drew them."""
     if self.mode != "on_policy":
       return None
     from mlc_jax.generate.decode import row_keys, sample
     from mlc_jax.train.step import batch_sharding, under_mesh
     settings, graphdef = self.sampling(spec.model_cfg, tokenizer), spec.policy_def.model_graphdef
 
-    def student_samples(model_params, batch, step):
-      accumulated = batch["student_prompt_ids"].shape[:2]
-      ids, mask = (batch[f"student_prompt_{k}"].reshape(-1, batch[f"student_prompt_{k}"].shape[-1])
-                   for k in ("ids", "mask"))
-      rows = step * ids.shape[0] + jnp.arange(ids.shape[0])
+    def student_samples(model_params, batches, first_step):
+      accumulated = batches[0]["student_prompt_ids"].shape[:2]
+      ids, mask = (jnp.concatenate([b[f"student_prompt_{k}"].reshape(-1, b[f"student_prompt_{k}"].shape[-1])
+                                    for b in batches]) for k in ("ids", "mask"))
+      rows = first_step * (ids.shape[0] // len(batches)) + jnp.arange(ids.shape[0])
       out, _ = sample(graphdef, model_params, ids, mask, row_keys(self.seed, rows), settings)
-      return {**batch, "response_ids": out.tokens.reshape(*accumulated, -1),
-              "response_lengths": out.lengths.reshape(accumulated)}
+      tokens, lengths = (x.reshape(len(batches), *accumulated, *x.shape[1:]) for x in (out.tokens, out.lengths))
+      return tuple({**b, "response_ids": tokens[j], "response_lengths": lengths[j]} for j, b in enumerate(batches))
 
     rows = batch_sharding(mesh, accumulated=True)
     return jax.jit(under_mesh(student_samples, mesh), in_shardings=(spec.shardings.params["model"], rows, None),
                    out_shardings=rows)
+
+  def sampling_every(self) -> int:
+    return self.resample_every if self.mode == "on_policy" else 1
 
   def _context(self, model, batch, who: str):
     """Final hidden states `[B, N, D]` at the positions that predict the response tokens, for `who`'s context."""

@@ -26,6 +26,7 @@ from mlc_jax.parallel import devices
 from mlc_jax.parallel.mesh import make_mesh, num_slices
 from mlc_jax.train import checkpointing
 from mlc_jax.train import workdir as workdir_lib
+from mlc_jax.train.batches import TrainBatches
 from mlc_jax.train.metrics import MetricsWriter
 from mlc_jax.train.reference import precompute
 from mlc_jax.train.state import TrainState, abstract_train_state, init_train_state, initial_model_params
@@ -129,12 +130,11 @@ def _train(prepared: Prepared, config, workdir: str, primary: bool, restore_step
   try:
     if ckpt.latest_step() is not None:  # restored straight into the sharded layout; no initial state is built
       state, data_state, restored = checkpointing.restore_intact(ckpt, spec.abstract, restore_step)
-      iterator.set_state(data_state)
       print(f"resumed from {workdir}/checkpoints at step {restored}")
     elif restore_step is not None:
       raise checkpointing.CheckpointError(f"--restore_step {restore_step}: {workdir} holds no checkpoint")
     else:
-      state = None
+      state = data_state = None
     if primary:
       workdir_lib.write_config(workdir, to_json(config))
     reference, pre = None, objective.precomputed(run, prepared.tokenizer)
@@ -144,9 +144,14 @@ def _train(prepared: Prepared, config, workdir: str, primary: bool, restore_step
                              batch_size=run.micro_batch_size, mesh=mesh, name=pre.name,
                              cache_dir=str(epath.Path(workdir) / "reference"), write_cache=primary,
                              model_identity={**_model_identity(run, prepared.model_cfg), **pre.identity})
-    sample = objective.sampling_step(spec, run, mesh, prepared.tokenizer)
+    batches = TrainBatches(iterator, lambda host: device_batch(host, mesh, grad_accum=run.train.grad_accum,
+                                                               reference=reference),
+                           total_steps=prepared.total_steps, every=objective.sampling_every(),
+                           sample=objective.sampling_step(spec, run, mesh, prepared.tokenizer))
     if state is None:
       state = init_train_state(spec, run)
+    else:
+      batches.set_state(data_state, int(state.step))
     train_step = make_train_step(spec, objective, mlc, mesh=mesh, num_languages=len(prepared.data.languages))
     peak = run.train.peak_flops or devices.peak_flops(jax.devices()[0].device_kind)
     writer = MetricsWriter(workdir if primary else None, log_every=run.train.log_every,
@@ -156,21 +161,17 @@ def _train(prepared: Prepared, config, workdir: str, primary: bool, restore_step
     with StepWatchdog(run.train.step_timeout_s, describe) as watchdog, writer, \
         tqdm(total=prepared.total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True) as bar:
       while step < prepared.total_steps:
-        host_batch = next(iterator)
+        watchdog.started(step + 1)
+        start = time.perf_counter()
+        host_batch, batch, sampling_s = batches.next(state.params["model"], step)
         tokens = tokenized.total_tokens(host_batch)
         flops = step_flops(run, prepared.model_cfg, {k: v.shape for k, v in host_batch.items()},
                            mlc_share=float(step % run.mlc.aux_every == 0))
-        batch = device_batch(host_batch, mesh, grad_accum=run.train.grad_accum, reference=reference)
-        watchdog.started(step + 1)
-        start = time.perf_counter()
-        if sample is not None:
-          batch = jax.block_until_ready(sample(state.params["model"], batch, step))
-        sampled = time.perf_counter()
         state, metrics = train_step(state, batch)
         metrics = jax.device_get(metrics)
         elapsed = time.perf_counter() - start
-        if sample is not None:
-          metrics["sampling_share"] = (sampled - start) / elapsed
+        if sampling_s is not None:
+          metrics["sampling_share"] = sampling_s / elapsed
         watchdog.finished()
         step += 1
         if not np.isfinite(metrics["loss"]):
@@ -181,13 +182,13 @@ def _train(prepared: Prepared, config, workdir: str, primary: bool, restore_step
         if logged:
           bar.set_postfix({k: f"{logged[k]:.4g}" for k in ("loss", "reward_acc", "tokens_per_s") if k in logged})
         bar.update(1)
-        if checkpointing.save(ckpt, step, state, iterator.get_state(), force=step == prepared.total_steps):
+        if checkpointing.save(ckpt, step, state, batches.get_state(step), force=step == prepared.total_steps):
           writer.flush()  # every step up to a checkpoint has its metrics in the workdir
         if on_step is not None:
           on_step(step, state)
         if watchdog.preempted:
           if ckpt.latest_step() != step:
-            checkpointing.save(ckpt, step, state, iterator.get_state(), force=True)
+            checkpointing.save(ckpt, step, state, batches.get_state(step), force=True)
           checkpointing.wait(ckpt, state)
           raise Preempted(f"SIGTERM: saved a checkpoint at step {step} in {workdir}/checkpoints; run the same "
                           f"command again to resume")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from paths import ROOT
-from train_helpers import compiled_step, setup
+from train_helpers import compiled_step, final_params, setup
 
 from mlc_jax.config import ConfigError, RunConfig, apply_overrides, load_config_file
 from mlc_jax.data import pipeline
@@ -105,7 +105,7 @@ def run_steps(config, mesh, steps):
   history = []
   for i in range(steps):
     batch = device_batch(next(iterator), mesh)
-    batch = sample(state.params["model"], batch, i)
+    batch, = sample(state.params["model"], (batch,), i)
     history.append(jax.device_get(batch["response_ids"]))
     state, metrics = step_fn(state, batch)
     history.append(jax.device_get(metrics))
@@ -141,11 +141,58 @@ def test_each_mode_trains_through_the_loop(tmp_path, mode):
       assert samples["response_ids"].shape == (84, 6) and (samples["response_lengths"] <= 6).all()  # 42 rows × 2
 
 
+def test_resample_every_samples_once_per_block_and_resumes_exactly_inside_a_block(tmp_path):
+  """With resample_every=2 the student samples before steps 1 and 3 only (for two steps' prompts each); a run
+  stopped after step 3 (inside the second block) resumes to the same final parameters and metrics."""
+  config = msd_config("train.steps=4", "mesh.shape=(1,-1,1)", "optim.lr=1e-2", "objective.msd.resample_every=2",
+                      "checkpoint.every=1", "checkpoint.async_save=False")
+
+  class Stop(Exception):
+    pass
+
+  def stop_after_3(step, state):
+    if step == 3:
+      raise Stop
+
+  with pytest.raises(Stop):
+    trainer.train(config, str(tmp_path / "stopped"), on_step=stop_after_3)
+  resumed = trainer.train(config, str(tmp_path / "stopped"))
+  straight = trainer.train(config, str(tmp_path / "straight"))
+  records = [json.loads(line) for line in open(tmp_path / "straight" / "metrics.jsonl")]
+  assert [r["sampling_share"] > 0 for r in records] == [True, False, True, False]
+  resumed_records = [json.loads(line) for line in open(tmp_path / "stopped" / "metrics.jsonl")]
+  assert [r["step"] for r in resumed_records] == [1, 2, 3, 4]
+  for key in ("loss", "kl", "sample_length"):
+    assert resumed[key] == straight[key], key
+    assert [r[key] for r in resumed_records] == [r[key] for r in records], key
+  jax.tree.map(np.testing.assert_array_equal, final_params(tmp_path / "stopped", 4),
+               final_params(tmp_path / "straight", 4))
+
+
+def test_a_block_of_batches_is_sampled_with_the_keys_of_single_steps():
+  """Sampling two steps' prompts in one call gives each row the samples it gets when its step samples alone."""
+  config = msd_config("objective.msd.temperature=1.0", "mesh.shape=(1,1,1)")
+  mesh = make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  run, spec, state = setup(config, mesh, 2)
+  data = run.objective.data_kind.load(run, byte_tokenizer())
+  sample = run.objective.sampling_step(spec, run, mesh, byte_tokenizer())
+  iterator = pipeline.batch_iterator(data, run.train.batch_size, seed=0)
+  first, second = (device_batch(next(iterator), mesh) for _ in range(2))
+  params = state.params["model"]
+  together = sample(params, (first, second), 4)
+  alone = sample(params, (first,), 4)[0], sample(params, (second,), 5)[0]
+  for a, b in zip(together, alone):
+    np.testing.assert_array_equal(a["response_ids"], b["response_ids"])
+    np.testing.assert_array_equal(a["response_lengths"], b["response_lengths"])
+  assert not np.array_equal(together[0]["response_ids"], sample(params, (first,), 5)[0]["response_ids"])
+
+
 @pytest.mark.parametrize("override,message", [
     ("objective.msd.top_k=1", "objective.msd.top_k=1 must be >= 2"),
     ("objective.msd.mode='sometimes'", "objective.msd.mode='sometimes' is not one of on_policy, off_policy"),
     ("objective.msd.teacher_template='{prompt} only'", "must contain exactly the fields {prompt} and {english}"),
     ("objective.msd.top_p=0.0", "objective.msd.top_p=0.0 must be in (0.0, 1.0]"),
+    ("objective.msd.resample_every=0", "objective.msd.resample_every=0 must be > 0"),
     ("reference='precomputed'", "needs its teacher (the frozen initial model) live in every step"),
     ("mlc.enabled=True", "which have no prompt variants"),
 ])

@@ -8,17 +8,10 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
-from train_helpers import DEMO, SMALL, SUBPROCESS_ENV, run_train
+from train_helpers import DEMO, SMALL, SUBPROCESS_ENV, final_params, run_train
 
 from mlc_jax.train import __main__ as train_cli
-
-
-def final_params(workdir, step=6):
-  path = os.path.join(workdir, "checkpoints", str(step), "state")
-  restored = ocp.StandardCheckpointer().restore(os.path.abspath(path))
-  return restored["params"]
 
 
 def test_sigkill_and_resume_is_bit_identical(tmp_path):
