@@ -39,7 +39,9 @@ The paper's runs, one command each (add --config.model.hf_path=/ckpt/<checkpoint
 
 Shape it is meant for: a 7-8B model with fp32 AdamW (16 bytes a parameter) and the frozen teacher, a second copy of
 the parameters in the train state (4 bytes): about 20 bytes a parameter, 140-165 GiB plus activations and the
-sampler's KV cache: a TPU v5p-8 slice (4 chips, 95 GiB each, FSDP over all chips) or several 80 GB GPUs.
+sampler's KV cache: a TPU v5p-8 slice (4 chips, 95 GiB each, FSDP over all chips) or several 80 GB GPUs. Compiled
+for v5p:2x2x1 (docs/scaling.md): 39.5-42.3 GiB a chip for the train step, 32-35 GiB for the on-policy sampler with
+the train state resident; every model fits.
 `model=tiny` trains on the CPU in minutes with the built-in prompts.
 
 Metrics (WORKDIR/metrics.jsonl): msd_loss, kl (the unweighted mean reverse KL), dpsw_weight_raw (mean w before
@@ -83,5 +85,7 @@ def get_config(arg=None):
     c.tokenizer = ""  # the checkpoint's own tokenizer (set model.hf_path)
     c.model.dtype = "bfloat16"
     c.model.remat = "full"
-    c.model.vocab_chunk = {"qwen2p5_7b": 152064, "llama3p1_8b": 128256, "qwen3_8b": 151936}[a["model"]] // 8
+    # A vocabulary chunk of an eighth (a quarter for Llama: libtpu 0.0.42 aborts compiling the streamed KL at
+    # 128256 / 8 = 16032 columns, "rotated_pincer_fusion_emitter: Check failed"): docs/scaling.md.
+    c.model.vocab_chunk = {"qwen2p5_7b": 152064 // 8, "llama3p1_8b": 128256 // 4, "qwen3_8b": 151936 // 8}[a["model"]]
   return c

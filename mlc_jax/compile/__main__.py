@@ -1,6 +1,6 @@
 """`python -m mlc_jax.compile --config CONFIG[:ARG] --topology v5p:2x2x1 [--num_slices N] [--config.KEY=VALUE …]`
 
-Compiles the run's train step (and its reference precompute) for the TPU topology on this machine (libtpu,
+Compiles the run's train step (its precompute before training, MSD's on-policy sampler) for the TPU topology on this machine (libtpu,
 `pip install -e .[tpu]`; no TPU, data, tokenizer or weights needed) and prints per-chip memory, whether it fits the
 chip's HBM, compile time, the analytic model FLOPs of a step and its time at peak bf16 FLOP/s.
 Exit codes: 0 fits, 1 does not fit (the figures are printed), 2 a bad topology or config (one line).
@@ -34,7 +34,8 @@ def format_report(report) -> str:
       lines.append(f"{p.name}: does not fit, the TPU compiler says: {p.out_of_memory}")
       continue
     lines.append(f"{p.name}: per chip {gib(p.total)} = arguments {gib(p.argument)} + outputs {gib(p.output)} "
-                 f"- aliased {gib(p.alias)} + temporaries {gib(p.temp)} + code {gib(p.code)}; "
+                 f"- aliased {gib(p.alias)} + temporaries {gib(p.temp)} + code {gib(p.code)}"
+                 + (f" + the resident train state {gib(p.resident)}" if p.resident else "") + "; "
                  f"compiled in {p.compile_seconds:.1f} s")
   hbm = f"the {gib(gen.hbm_bytes)} HBM of a {gen.name} chip"
   if report.fits:

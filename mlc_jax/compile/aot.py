@@ -1,6 +1,7 @@
 """Compile a run's train step and reference precompute for a TPU topology with libtpu, on a CPU machine.
 
-`compile_run(config, topology)` → `Report`: per program, the per-chip bytes of `compiled.memory_analysis()`
+`compile_run(config, topology)` → `Report`: per program (the train step, the precompute before training, MSD's
+on-policy sampler), the per-chip bytes of `compiled.memory_analysis()`
 (arguments, outputs, aliased (donated) bytes, temporaries, code) and the compile time; for the run, the analytic
 model FLOPs of one step (`mlc_jax.models.flops`) and the step time they take at the chips' peak bf16 FLOP/s.
 """
@@ -9,14 +10,15 @@ from __future__ import annotations
 import dataclasses
 import glob
 import importlib.util
+import math
 import os
 import time
 
 import jax
+import jax.numpy as jnp
 
 from mlc_jax.compile import batch as batch_lib
 from mlc_jax.config import ConfigError, validate
-from mlc_jax.data.datasets import PROMPT_ONLY
 from mlc_jax.parallel.mesh import make_mesh, num_slices
 from mlc_jax.parallel.tpu import Topology, TopologyError
 from mlc_jax.train.state import abstract_train_state
@@ -61,11 +63,13 @@ class ProgramReport:
   lowered: object = dataclasses.field(default=None, repr=False, compare=False)  # jax `Lowered` (StableHLO)
   compiled: object = dataclasses.field(default=None, repr=False, compare=False)  # jax `Compiled` (TPU HLO)
   out_of_memory: str | None = None
+  resident: int = 0  # bytes held outside the program while it runs (the sampler: the rest of the train state)
 
   @property
   def total(self) -> int:
-    """Bytes resident at the peak: arguments + outputs − the donated arguments they reuse + temporaries + code."""
-    return self.argument + self.output - self.alias + self.temp + self.code
+    """Bytes resident at the peak: arguments + outputs − the donated arguments they reuse + temporaries + code
+    (+ what stays resident outside the program)."""
+    return self.argument + self.output - self.alias + self.temp + self.code + self.resident
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +102,16 @@ class Report:
     return next(p for p in self.programs if p.name == name)
 
 
-def _compile(name: str, fn, *args) -> ProgramReport:
+def _bytes(*trees) -> int:
+  """Per-chip bytes of abstract arrays (`jax.ShapeDtypeStruct`s with shardings)."""
+  total = 0
+  for x in jax.tree.leaves(trees):
+    shard = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None else x.shape
+    total += math.prod(shard) * x.dtype.itemsize
+  return total
+
+
+def _compile(name: str, fn, *args, resident: int = 0) -> ProgramReport:
   start = time.perf_counter()
   lowered = fn.lower(*args)
   try:
@@ -107,11 +120,12 @@ def _compile(name: str, fn, *args) -> ProgramReport:
     if not str(e).startswith("RESOURCE_EXHAUSTED"):
       raise
     message = str(e).splitlines()[0].removeprefix("RESOURCE_EXHAUSTED: ")
-    return ProgramReport(name, 0, 0, 0, 0, 0, time.perf_counter() - start, lowered, None, message)
+    return ProgramReport(name, 0, 0, 0, 0, 0, time.perf_counter() - start, lowered, None, message, resident)
   seconds = time.perf_counter() - start
   m = compiled.memory_analysis()
   return ProgramReport(name, m.argument_size_in_bytes, m.output_size_in_bytes, m.alias_size_in_bytes,
-                       m.temp_size_in_bytes, m.generated_code_size_in_bytes, seconds, lowered, compiled)
+                       m.temp_size_in_bytes, m.generated_code_size_in_bytes, seconds, lowered, compiled,
+                       resident=resident)
 
 
 def run_step_flops(run, model_cfg, spec) -> float:
@@ -121,25 +135,34 @@ def run_step_flops(run, model_cfg, spec) -> float:
 
 
 def compile_run(config, topology: Topology, slices: int = 1) -> Report:
-  """Compiles the train step (and, with precomputed reference values, the precompute) of `config` for `slices`
-  slices of `topology` (the data axis of the mesh spans the slices).
+  """Compiles the train step of `config` for `slices` slices of `topology` (the data axis of the mesh spans the
+  slices), and what runs beside it: the precompute before training (reference values; MSD's off-policy responses)
+  and the on-policy sampler (MSD: `objective.sampling_every()` steps' prompts per call, the KV cache a temporary).
 
-  Raises `ConfigError` for a config that does not validate on that many chips, or whose objective reads prompts
-  only (MSD: its batch holds sampled responses, whose shapes this does not build yet).
+  Raises `ConfigError` for a config that does not validate on that many chips.
   """
   devices = topology_devices(topology, slices)
   run, cfg, mesh_shape = validate(config, len(devices), num_slices(devices))
-  if run.objective.data_kind is PROMPT_ONLY:
-    raise ConfigError(f"objective.name={run.objective.name}: ahead-of-time compilation covers the objectives on "
-                      "preference and MPO pairs; prompt-only objectives (MSD, with its sampler) are not compiled yet")
+  objective = run.objective
   mesh = make_mesh(mesh_shape, devices=devices)
   spec = abstract_train_state(run, cfg, mesh)
   mlc = run.mlc if run.mlc.enabled else None
-  step = make_train_step(spec, run.objective, mlc, mesh=mesh, num_languages=batch_lib.num_languages(run))
+  step = make_train_step(spec, objective, mlc, mesh=mesh, num_languages=batch_lib.num_languages(run))
   batch = batch_lib.accumulated(batch_lib.micro_batch(run, spec), run.train.grad_accum)
+  params = spec.abstract.params["model"]
+  sample = objective.sampling_step(spec, run, mesh, None)
+  if sample is not None:
+    first_step = jax.ShapeDtypeStruct((), jnp.int32)
+    block = (batch,) * objective.sampling_every()
+    batch = jax.eval_shape(sample, params, (batch,), first_step)[0]
   programs = [_compile("train_step", step, spec.abstract, batch)]
-  pre = run.objective.precomputed(run, None)
+  if sample is not None:
+    # The sampler runs between steps with the whole train state resident: what the train step holds (its donated
+    # arguments) beyond the sampler's own arguments is added to its peak.
+    programs.append(_compile("sampler", sample, params, block, first_step,
+                             resident=max(programs[0].alias - _bytes(params, block), 0)))
+  pre = objective.precomputed(run, None)
   if pre is not None:
-    programs.append(_compile("reference", make_precompute_fn(spec, pre.fn, mesh), spec.abstract.params["model"],
+    programs.append(_compile("reference", make_precompute_fn(spec, pre.fn, mesh), params,
                              batch_lib.reference_batch(run, run.micro_batch_size)))
   return Report(topology, slices, tuple(mesh_shape), tuple(programs), run_step_flops(run, cfg, spec), cfg.num_params())

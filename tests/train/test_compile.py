@@ -92,9 +92,6 @@ def test_cli_prints_the_figures_and_one_line_errors():
   assert run("--topology", "v5p-8").returncode == 2
   bad_key = run("--topology", "v5p:2x2x1", "--config.model.nope=1")
   assert bad_key.returncode == 2 and "unknown config key 'model.nope'" in bad_key.stderr
-  msd = subprocess.run([sys.executable, "-m", "mlc_jax.compile", "--config", str(ROOT / "configs" / "msd.py") +
-                        ":model=tiny", "--topology", "v5e:2x2"], capture_output=True, text=True, timeout=300, cwd=ROOT)
-  assert msd.returncode == 2 and msd.stderr.strip().splitlines()[-1].startswith("error: objective.name=msd: ")
   # 256 pairs × 4096 tokens a chip: the float32 attention scores alone outgrow a v5e chip's 16 GiB.
   too_big = run("--topology", "v5e:2x2", "--config.train.batch_size=1024", "--config.data.max_response_len=3968",
                 "--config.mlc.enabled=False")
@@ -104,6 +101,26 @@ def test_cli_prints_the_figures_and_one_line_errors():
   assert re.search(r"^train_step: does not fit, the TPU compiler says: .*exceeds available HBM", too_big.stdout,
                    re.M), too_big.stdout
   assert re.search(r"^step: [\d.]+ TFLOP .* s at the peak 197 TFLOP/s bf16 of 4 chips$", too_big.stdout, re.M)
+
+
+@pytest.mark.parametrize("mode,beside", [("on_policy", "sampler"), ("off_policy", "reference")])
+def test_msd_compiles_with_its_sampler(mode, beside):
+  """On-policy: the sampler (prefill, the decode `while` loop, its KV cache; two steps' prompts a call) is compiled
+  beside the step and counted with the rest of the train state resident; off-policy: the teacher's sampling before
+  training."""
+  config = apply_overrides(load_config_file(f"{ROOT}/configs/msd.py:model=tiny,mode={mode}"),
+                           ["model.dtype=bfloat16", "objective.msd.resample_every=2"])
+  report = aot.compile_run(config, parse_topology("v5p:2x2x1"))
+  assert [p.name for p in report.programs] == ["train_step", beside] and report.fits
+  step, sampler = report.program("train_step"), report.program(beside)
+  assert "while" in sampler.lowered.as_text()
+  if mode == "on_policy":
+    # The optimizer moments and the teacher stay on the chips while the student samples.
+    assert step.alias > sampler.resident > 2 * sampler.argument / 3
+    assert sampler.total == pytest.approx(sampler.argument + sampler.output + sampler.temp + sampler.code +
+                                          sampler.resident, abs=1)
+    students = sampler.lowered.args_info[0][1]  # (args, kwargs): the block of two batches
+    assert len(students) == 2 and students[0]["student_prompt_ids"].shape == (1, 8, 320)
 
 
 def test_splash_attention_compiles_to_the_mosaic_kernel():
