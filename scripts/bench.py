@@ -22,6 +22,7 @@ machine noise (about ±17 % here) hits both; medians over all timed steps are re
 Run (about 8 minutes on the idle 2-core CPU; results in docs/benchmarks.md):
   .venv/bin/python scripts/bench.py --json runs/bench.json
   .venv/bin/python scripts/bench.py --setting dpo --skip_trl --rounds 1     # ours only, quick
+  .venv/bin/python scripts/bench.py --skip_trl --rounds 1 --profile runs/trace # + one traced step, its top ops
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ import numpy as np
 
 import bench_machine
 import bench_trl
+import trace_summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAD_ID, EOS_ID = 0, 2
@@ -143,6 +145,20 @@ class JaxSide:
       self.compile_s = warm[0]
     return {"times": [self._one() for _ in range(steps)], "warmup_times": warm}
 
+  def profile(self, trace_dir: str) -> str:
+    """Traces one step into `trace_dir` (with the compiled HLO beside it) → the top-ops table."""
+    import jax
+
+    from mlc_jax.train.step import device_batch
+    os.makedirs(trace_dir, exist_ok=True)
+    batch = device_batch(next(self.batches), self.mesh, reference=self.reference)
+    hlo = self.step.lower(self.state, batch).compile().as_text()
+    with open(os.path.join(trace_dir, "compiled.hlo.txt"), "w") as f:
+      f.write(hlo)
+    with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+      self._one()
+    return trace_summary.summarize(trace_dir, hlo)
+
   def xla_flops(self) -> float | None:
     """XLA's cost_analysis FLOPs of the compiled step (counts the scanned layer body once)."""
     from mlc_jax.train.step import device_batch
@@ -182,6 +198,8 @@ def main():
   p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                  help="a config override for our side, e.g. model.attention_impl=dot_product (repeatable)")
   p.add_argument("--xla_check", action="store_true", help="also compile for XLA's cost_analysis FLOPs")
+  p.add_argument("--profile", default="", metavar="DIR",
+                 help="after the rounds, trace one step of ours per setting into DIR/<setting> and print its top ops")
   p.add_argument("--wait_idle", type=float, default=0.0,
                  help="first wait up to this many seconds for the machine to be idle (others' jobs skew timings)")
   p.add_argument("--workdir", default="", help="for the HF checkpoint, data and logs (default: a temp dir)")
@@ -289,6 +307,12 @@ def main():
     xla = {s: ours[s].xla_flops() for s in settings}
     print("XLA cost_analysis (counts the scanned layer body once): "
           + ", ".join(f"{s} {v / 1e9:.1f} GFLOP" for s, v in xla.items()))
+
+  profiles = {}
+  for s in settings if args.profile else ():
+    profiles[s] = ours[s].profile(os.path.join(args.profile, s))
+    print(f"\nours/{s}, one step traced into {os.path.join(args.profile, s)} (self time per instruction):\n"
+          f"{profiles[s]}", flush=True)
 
   if args.json:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -27,7 +27,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench  # noqa: E402  (the benchmark model, machine-load accounting)
+import bench  # noqa: E402  (the benchmark model)
+import bench_machine  # noqa: E402  (machine-load accounting)
 
 PROMPT_LEN = 64
 
@@ -116,13 +117,13 @@ def main():
   for batch in batches:
     ours(batch)  # compile
   if args.wait_idle:
-    print(f"machine busy share before the first round: {bench.wait_until_idle(args.wait_idle):.0%}")
+    print(f"machine busy share before the first round: {bench_machine.wait_until_idle(args.wait_idle):.0%}")
   pids = lambda: [os.getpid(), hf.proc.pid]
   results = {side: {b: [] for b in batches} for side in ("ours", "transformers")}
   for r in range(args.rounds):
     for batch in batches:
       for side, fn in (("ours", ours), ("transformers", hf.run)):
-        with bench.ForeignLoad(pids) as load:
+        with bench_machine.ForeignLoad(pids) as load:
           res = fn(batch)
         res["foreign_share"] = load.result["foreign_share"]
         results[side][batch].append(res)
@@ -130,7 +131,7 @@ def main():
               f"({res['seconds']:.2f} s; other processes {load.result['foreign_share']:.0%} of the CPU)", flush=True)
   hf.close()
 
-  print(f"\n{bench.cpu_model()}, {os.cpu_count()} cores; jax {jax.__version__}, torch {hf.info['ready']}, "
+  print(f"\n{bench_machine.cpu_model()}, {os.cpu_count()} cores; jax {jax.__version__}, torch {hf.info['ready']}, "
         f"transformers {hf.info['transformers']}; ours in {args.ours_dtype}; {args.rounds} rounds, median")
   print("| batch | ours tokens/s | transformers tokens/s | ours / transformers | same tokens (rows) |")
   print("|---:|---:|---:|---:|---:|")
@@ -145,7 +146,7 @@ def main():
     print(f"| {batch} | {rate['ours']:.1f} | {rate['transformers']:.1f} | **{ratio:.2f}×** | {same:.0%} |")
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"summary": summary, "rounds": results, "machine": bench.cpu_model()}, f)
+      json.dump({"summary": summary, "rounds": results, "machine": bench_machine.cpu_model()}, f)
 
 
 if __name__ == "__main__":

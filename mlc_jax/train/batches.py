@@ -1,7 +1,9 @@
-"""The training loop's batches: from the input pipeline to the devices, with on-policy responses when the objective
-samples them (MSD), `every` steps at a time, and a resumable position (the checkpoint's `data` item)."""
+"""The training loop's batches: from the input pipeline to the devices, prepared on a background thread while the
+devices run the previous step, with on-policy responses when the objective samples them (MSD), `every` steps at a
+time, and a resumable position (the checkpoint's `data` item)."""
 from __future__ import annotations
 
+import concurrent.futures
 import time
 from collections.abc import Callable
 
@@ -22,11 +24,14 @@ SampleFn = Callable[[object, tuple, int], tuple]
 class TrainBatches:
   """Yields `(host_batch, device_batch, sampling_seconds)` for each step.
 
-  Without `sample`, one pipeline batch per step (`sampling_seconds` None). With it, at every `every`-th step the
-  next `every` batches (fewer at the end of the run) are pulled and the current parameters answer all their
-  prompts in one sampler call; the responses of the batch of step `block_start + j` therefore come from the
-  parameters of `block_start` (j steps old; `every=1` is strictly on-policy). The sampling seconds are reported
-  on the block's first step, 0 on the others.
+  The next pipeline batch (and, without sampling, its transfer to the devices) is prepared on one background
+  thread while the current step runs; each carries the pipeline position after it, so `get_state` is the position
+  of what was consumed, not of what was prefetched. Without `sample`, one pipeline batch per step
+  (`sampling_seconds` None). With it, at every `every`-th step the next `every` batches (fewer at the end of the
+  run) are pulled and the current parameters answer all their prompts in one sampler call; the responses of the
+  batch of step `block_start + j` therefore come from the parameters of `block_start` (j steps old; `every=1` is
+  strictly on-policy). The sampling seconds are reported on the block's first step, 0 on the others.
+  Call `close()` at the end (the trainer does).
   """
 
   def __init__(self, iterator, to_device: Callable[[dict], dict], *, total_steps: int,
@@ -35,33 +40,58 @@ class TrainBatches:
     self._sample, self._every = sample, every
     self._block: list[tuple[dict, dict]] = []  # (host, device) batches of the current block, with responses
     self._block_start, self._block_state = 0, None  # the block's first step index, the pipeline state before it
+    self._consumed_state = None  # the pipeline position after the last batch handed out (None: as restored)
+    self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mlc_jax-batches")
+    self._ahead: concurrent.futures.Future | None = None
+
+  def _prepare(self) -> tuple[dict, dict | None, dict]:
+    host = next(self._iterator)
+    state = self._iterator.get_state()
+    return host, (self._to_device(host) if self._sample is None else None), state
+
+  def _pull(self) -> tuple[dict, dict | None]:
+    """The next pipeline batch (and its device copy without sampling); starts preparing the one after."""
+    if self._ahead is None:
+      self._ahead = self._worker.submit(self._prepare)
+    host, batch, self._consumed_state = self._ahead.result()
+    self._ahead = self._worker.submit(self._prepare)
+    return host, batch
+
+  def _position(self) -> dict:
+    return self._iterator.get_state() if self._consumed_state is None else self._consumed_state
 
   def next(self, params, step: int) -> tuple[dict, dict, float | None]:
     """The batch of step index `step` (0-based), sampling a new block with `params` when one is due."""
     if self._sample is None:
-      host = next(self._iterator)
-      return host, self._to_device(host), None
+      host, batch = self._pull()
+      return host, batch, None
     seconds = 0.0
     if step >= self._block_start + len(self._block):
       start = time.perf_counter()
-      self._block_state, self._block_start = self._iterator.get_state(), step
-      hosts = [next(self._iterator) for _ in range(min(self._every, self._total - step))]
+      self._block_state, self._block_start = self._position(), step
+      hosts = [self._pull()[0] for _ in range(min(self._every, self._total - step))]
       sampled = jax.block_until_ready(self._sample(params, tuple(self._to_device(h) for h in hosts), step))
       self._block = list(zip(hosts, sampled))
       seconds = time.perf_counter() - start
     host, batch = self._block[step - self._block_start]
     return host, batch, seconds
 
+  def close(self) -> None:
+    self._worker.shutdown(wait=True, cancel_futures=True)
+
   def get_state(self, step: int) -> dict:
     """The JSON position after `step` completed steps: the pipeline's, and inside a block also its responses."""
     if self._sample is None or step >= self._block_start + len(self._block):
-      return self._iterator.get_state()
+      return self._position()
     responses = [{k: np.asarray(multihost_utils.process_allgather(batch[k], tiled=True)).tolist()
                   for k in RESPONSE_KEYS} for _, batch in self._block]
     return {**self._block_state, BLOCK_KEY: {"start": self._block_start, "responses": responses}}
 
   def set_state(self, data_state: dict, step: int) -> None:
-    """Restores `get_state(step)`: the pipeline's position, and the unfinished block with its saved responses."""
+    """Restores `get_state(step)`: the pipeline's position, and the unfinished block with its saved responses.
+    Call it before the first `next`."""
+    if self._ahead is not None:
+      raise RuntimeError("TrainBatches.set_state after batches were handed out")
     state = dict(data_state)
     block = state.pop(BLOCK_KEY, None)
     self._iterator.set_state(state)
@@ -74,6 +104,7 @@ class TrainBatches:
     self._block_state, self._block_start = state, block["start"]
     for saved in block["responses"]:
       host = next(self._iterator)
+      self._consumed_state = self._iterator.get_state()
       batch = self._to_device(host)
       for k in RESPONSE_KEYS:
         like = batch["student_prompt_mask"]

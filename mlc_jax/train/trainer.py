@@ -45,6 +45,19 @@ class Preempted(RuntimeError):
   pass
 
 
+@dataclasses.dataclass(frozen=True)
+class _Dispatched:
+  """A train step handed to the devices whose metrics (device arrays) the loop has not fetched yet."""
+
+  step: int
+  metrics: dict
+  tokens: int
+  flops: float
+  started: float  # perf_counter when the loop began preparing its batch
+  host_batch_s: float  # how long the loop waited for its batch (prefetched: ~0)
+  sampling_s: float | None
+
+
 @dataclasses.dataclass
 class Prepared:
   """The validated inputs of a run (nothing written yet)."""
@@ -127,6 +140,7 @@ def _train(prepared: Prepared, config, workdir: str, primary: bool, restore_step
                                      pair_buckets=run.data.pair_buckets, prompt_buckets=run.data.prompt_buckets)
   ckpt = checkpointing.manager(workdir, keep=run.checkpoint.keep, every=run.checkpoint.every,
                                async_save=run.checkpoint.async_save)
+  batches = None
   try:
     if ckpt.latest_step() is not None:  # restored straight into the sharded layout; no initial state is built
       state, data_state, restored = checkpointing.restore_intact(ckpt, spec.abstract, restore_step)
@@ -158,31 +172,49 @@ def _train(prepared: Prepared, config, workdir: str, primary: bool, restore_step
                            languages=prepared.data.languages, peak_flops=peak * jax.device_count() if peak else None)
     describe = lambda: f"mesh {dict(mesh.shape)}; {_last_checkpoint(ckpt, workdir)}"
     step = int(state.step)
+    pending, last_done = None, time.perf_counter()
+
+    def finish(p: _Dispatched):
+      """Fetches a dispatched step's metrics (waiting for it), stops on a non-finite loss, logs."""
+      nonlocal last_done
+      metrics = jax.device_get(p.metrics)
+      now = time.perf_counter()
+      seconds, last_done = now - max(last_done, p.started), now
+      if not np.isfinite(metrics["loss"]):
+        parts = ", ".join(f"{k} {v}" for k, v in metrics.items() if k.endswith("_loss"))
+        raise NonFiniteLoss(f"step {p.step}: the loss is {metrics['loss']} ({parts}); stopping without saving "
+                            f"this state; {_last_checkpoint(ckpt, workdir)}")
+      metrics["host_batch_s"] = p.host_batch_s
+      if p.sampling_s is not None:
+        metrics["sampling_share"] = p.sampling_s / seconds
+      logged = writer.add(p.step, metrics, tokens=p.tokens, seconds=seconds, flops=p.flops)
+      if logged:
+        bar.set_postfix({k: f"{logged[k]:.4g}" for k in ("loss", "reward_acc", "tokens_per_s") if k in logged})
+      bar.update(1)
+
     with StepWatchdog(run.train.step_timeout_s, describe) as watchdog, writer, \
         tqdm(total=prepared.total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True) as bar:
       while step < prepared.total_steps:
+        # Step N+1 is dispatched before step N's metrics are fetched, so the devices never wait for the host's
+        # logging or its next batch (prepared by `batches` meanwhile); a step to be saved is checked first.
         watchdog.started(step + 1)
-        start = time.perf_counter()
+        started = time.perf_counter()
         host_batch, batch, sampling_s = batches.next(state.params["model"], step)
-        tokens = tokenized.total_tokens(host_batch)
+        host_batch_s = time.perf_counter() - started - (sampling_s or 0.0)
         flops = step_flops(run, prepared.model_cfg, {k: v.shape for k, v in host_batch.items()},
                            mlc_share=float(step % run.mlc.aux_every == 0))
         state, metrics = train_step(state, batch)
-        metrics = jax.device_get(metrics)
-        elapsed = time.perf_counter() - start
-        if sampling_s is not None:
-          metrics["sampling_share"] = sampling_s / elapsed
-        watchdog.finished()
         step += 1
-        if not np.isfinite(metrics["loss"]):
-          parts = ", ".join(f"{k} {v}" for k, v in metrics.items() if k.endswith("_loss"))
-          raise NonFiniteLoss(f"step {step}: the loss is {metrics['loss']} ({parts}); stopping without saving "
-                              f"this state; {_last_checkpoint(ckpt, workdir)}")
-        logged = writer.add(step, metrics, tokens=tokens, seconds=elapsed, flops=flops)
-        if logged:
-          bar.set_postfix({k: f"{logged[k]:.4g}" for k in ("loss", "reward_acc", "tokens_per_s") if k in logged})
-        bar.update(1)
-        if checkpointing.save(ckpt, step, state, batches.get_state(step), force=step == prepared.total_steps):
+        previous, pending = pending, _Dispatched(step, metrics, tokenized.total_tokens(host_batch), flops, started,
+                                                 host_batch_s, sampling_s)
+        if previous is not None:
+          finish(previous)
+        if step == prepared.total_steps or ckpt.should_save(step) or watchdog.preempted:
+          finish(pending)
+          pending = None
+        watchdog.finished()
+        if pending is None and checkpointing.save(ckpt, step, state, batches.get_state(step),
+                                                  force=step == prepared.total_steps):
           writer.flush()  # every step up to a checkpoint has its metrics in the workdir
         if on_step is not None:
           on_step(step, state)
@@ -194,6 +226,8 @@ def _train(prepared: Prepared, config, workdir: str, primary: bool, restore_step
                           f"command again to resume")
       checkpointing.wait(ckpt, state)
   finally:
+    if batches is not None:
+      batches.close()
     ckpt.close()
   print(f"done: {step} steps; checkpoints in {epath.Path(workdir) / 'checkpoints'}, metrics in "
         f"{epath.Path(workdir) / 'metrics.jsonl'}")
