@@ -17,10 +17,10 @@ Settings: SFT and the alignment runs share the model (`small`, 0.9M parameters, 
 budgets. DPO and DPO+MLC differ only in mlc.enabled; both start from the same export, read the same pairs and take
 the same steps at the same learning rate. The DPO arm carries RPO's NLL term (objective.dpo.nll_weight = 1): plain
 DPO on byte sequences pushed the chosen refusal down with the compliance and the replies fell apart (measured,
-docs/experiments/transfer.md). β is the paper's 0.1; the learning rate, α and the share of benign pairs were chosen
-on the validation split, then the MLC layer (2 of 4 over the final-norm output; the trials are listed in
-docs/experiments/transfer.md); λ and τ are the paper's (0.8, 0.2). `scripts/experiment_transfer.py --select` is the
-full validation sweep.
+docs/experiments/transfer.md). β is the paper's 0.1; α and the share of benign pairs were chosen on the validation
+split by hand (the trials are listed in docs/experiments/transfer.md), then the learning rate and steps (DPO arm),
+MLC's λ and layer, then τ by the full validation sweep `scripts/experiment_transfer.py --select` (12 runs, seed 0):
+lr 3e-4, 60 steps, λ 1.0, the final-norm output (layer -1), τ 0.2 (the paper's).
 """
 import os
 import types
@@ -31,8 +31,8 @@ from mlc_jax.experiments.transfer_task import ALIGN_RESPONSE_LEN, PROMPT_LEN, RE
 STAGES = ("sft", "dpo", "dpo_mlc")
 
 SFT = dict(steps=200, lr=3e-3, batch_size=32)
-ALIGN = dict(steps=120, lr=3e-4, batch_size=16, beta=0.1, nll_weight=1.0)
-MLC = dict(weight=0.8, tau=0.2, layer=2, aux_every=1, extractor_dim=64)
+ALIGN = dict(steps=60, lr=3e-4, batch_size=16, beta=0.1, nll_weight=1.0)
+MLC = dict(weight=1.0, tau=0.2, layer=-1, aux_every=1, extractor_dim=64)
 
 
 def _stage(c, path: str, langs: str, response_len: int, schedule: dict):

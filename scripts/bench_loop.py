@@ -31,7 +31,7 @@ def run_once(tree: str, config: str, steps: int, overrides: list[str], workdir: 
              f"--config.train.steps={steps}", "--config.train.log_every=1", f"--config.checkpoint.every={steps}",
              *(f"--config.{o}" for o in overrides)]
   start = time.perf_counter()
-  done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+  done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=os.path.abspath(tree))  # (-m: the cwd first)
   wall = time.perf_counter() - start
   if done.returncode:
     sys.exit(f"error: {' '.join(command)} (tree {tree}) exited {done.returncode}:\n{done.stderr[-2000:]}")
