@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import sys
@@ -147,13 +148,29 @@ def _drain_into(log: str, *, quiet_s: float = 1.0, max_s: float = 15.0):
         size, quiet_since = os.path.getsize(log), time.monotonic()
 
 
+class _LateTaskErrors(logging.Filter):
+  """Drops asyncio's "Task exception was never retrieved" records (each with its traceback) into `log`."""
+
+  def __init__(self, log: str):
+    super().__init__()
+    self.log = log
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if "Task exception was never retrieved" not in record.getMessage():
+      return True
+    with open(self.log, "a") as f:
+      f.write(logging.Formatter().format(record) + "\n")
+    return False
+
+
 @contextlib.contextmanager
 def _late_errors_to(log: str):
-  """Sends the "Event loop is closed" errors of a restore's late reads to `log`; kept for the run if it fails.
+  """Sends the late errors of a restore's reads to `log`; kept for the run if it fails.
 
-  When a restore fails, TensorStore still completes the reads in flight after Orbax has closed their event loop, and
-  reports each through `sys.unraisablehook`, at any later time. Every other unraisable error reaches the hook
-  installed before.
+  When a restore fails, TensorStore still completes the reads in flight after Orbax has closed their event loop:
+  each reports "Event loop is closed" through `sys.unraisablehook`, and each task whose exception nobody read is
+  logged by asyncio ("Task exception was never retrieved", when the task is collected), at any later time. Every
+  other unraisable error and log record goes where it went before.
   """
   previous = sys.unraisablehook
 
@@ -164,9 +181,12 @@ def _late_errors_to(log: str):
     else:
       previous(args)
 
+  tasks = _LateTaskErrors(log)
   sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(tasks)
   yield
   sys.unraisablehook = previous  # reached only when the restore succeeded
+  logging.getLogger("asyncio").removeFilter(tasks)
 
 
 def restore_intact(mngr: ocp.CheckpointManager, abstract_state, step: int | None = None):
