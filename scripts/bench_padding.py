@@ -48,7 +48,7 @@ def load(dataset: str, manual_dir: str, data_dir: str):
 
 def count(run, data, layout_name: str, batch: int, pack: int = 0) -> dict:
   """Computed positions, real and distinct tokens over one epoch of `batch`-pair batches in a layout."""
-  from mlc_jax.data import pipeline
+  from mlc_jax.data import packing, pipeline
 
   layout = None
   if pack:
@@ -63,7 +63,6 @@ def count(run, data, layout_name: str, batch: int, pack: int = 0) -> dict:
     if pack:
       computed += b["rows_segments"].size
       distinct += int((b["rows_segments"] > 0).sum())
-      from mlc_jax.data import packing
       real += packing.real_tokens(b)
       continue
     chosen, rejected = b["chosen_mask"], b["rejected_mask"]

@@ -72,8 +72,8 @@ def _sections(hlo_text: str) -> dict[str, dict[int, str]]:
       current = tables.setdefault(line, {})
     elif current is not None and (m := re.match(r"^(\d+) (.*)$", line)):
       current[int(m.group(1))] = m.group(2)
-    elif line.startswith(("HloModule", "%", "ENTRY")) or not line.strip():
-      current = None if line.strip() else current
+    else:  # a blank line ends a table
+      current = None
   return tables
 
 

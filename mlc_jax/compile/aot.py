@@ -103,7 +103,7 @@ class Report:
 
 
 def _bytes(*trees) -> int:
-  """Per-chip bytes of abstract arrays (`jax.ShapeDtypeStruct`s with shardings)."""
+  """Per-chip bytes of abstract arrays (`jax.ShapeDtypeStruct`s; one without a sharding counts whole)."""
   total = 0
   for x in jax.tree.leaves(trees):
     shard = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None else x.shape
