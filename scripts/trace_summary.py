@@ -17,6 +17,7 @@ import gzip
 import json
 import os
 import re
+import sys
 
 METADATA = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{[^}]*op_name=\"([^\"]+)\"")
 
@@ -127,7 +128,11 @@ def main():
   parser.add_argument("--hlo", default="", help="the compiled program's HLO text (compiled.as_text())")
   parser.add_argument("--top", type=int, default=15)
   args = parser.parse_args()
-  print(summarize(args.trace_dir, open(args.hlo).read() if args.hlo else "", args.top))
+  try:
+    hlo = open(args.hlo).read() if args.hlo else ""
+    print(summarize(args.trace_dir, hlo, args.top))
+  except (FileNotFoundError, IsADirectoryError) as e:
+    sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":
