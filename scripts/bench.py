@@ -19,10 +19,17 @@ initial weights (written with `save_hf`), the same token ids and settings; for `
 same MLC term in PyTorch. The sides alternate (ours, TRL, ours, TRL, …, one round each, `--rounds` rounds) so that
 machine noise (about ±17 % here) hits both; medians over all timed steps are reported.
 
+`--data real` times DPO on real pairs instead: `--pairs` pairs drawn with a fixed seed from `--dataset` (default
+mlc_pku_saferlhf/dpo from ../shared/data), tokenised as configs/mlc.py trains on them (byte tokens, prompt ≤ 256,
+response ≤ 768), read in order by both sides (TRL's sampler too), so every step is the same batch on both; ours cuts
+each batch to the length buckets 256/512/768/1024 (or packs it with `--override data.pack_pairs=G`), TRL pads to the
+batch's longest sequence. tokens/s is then the real tokens of the timed steps over their total time.
+
 Run (about 8 minutes on the idle 2-core CPU; results in docs/benchmarks.md):
   .venv/bin/python scripts/bench.py --json runs/bench.json
   .venv/bin/python scripts/bench.py --setting dpo --skip_trl --rounds 1     # ours only, quick
   .venv/bin/python scripts/bench.py --skip_trl --rounds 1 --profile runs/trace # + one traced step, its top ops
+  .venv/bin/python scripts/bench.py --data real --setting dpo --pairs 16 --steps 4 --warmup 4 --round_warmup 0
 """
 from __future__ import annotations
 
@@ -58,11 +65,11 @@ class Shape:
     return self.prompt_len + self.response_len
 
 
-def model_config():
+def model_config(eos_id: int = EOS_ID, pad_id: int = PAD_ID):
   from mlc_jax.models import ModelConfig
   return ModelConfig(family="llama", vocab_size=32000, hidden_size=512, intermediate_size=1408, num_layers=8,
                      num_heads=8, num_kv_heads=8, head_dim=64, rope_theta=10000.0, max_position_embeddings=2048,
-                     bos_token_id=1, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+                     bos_token_id=1, eos_token_id=eos_id, pad_token_id=pad_id)
 
 
 def run_config(with_mlc: bool, shape: Shape, lr: float, overrides=()):
@@ -95,7 +102,7 @@ def make_data(shape: Shape, num_pairs: int, vocab: int, seed: int = 0):
 class JaxSide:
   """One compiled mlc_jax train step (DPO or DPO+MLC) and its state, run round by round."""
 
-  def __init__(self, setting: str, shape: Shape, data, lr: float, workdir: str, overrides=()):
+  def __init__(self, setting: str, shape: Shape, data, lr: float, workdir: str, overrides=(), model_cfg=None):
     import jax
 
     from mlc_jax.data import pipeline
@@ -104,7 +111,7 @@ class JaxSide:
     from mlc_jax.train.state import abstract_train_state, init_train_state
     from mlc_jax.train.step import make_precompute_fn, make_train_step
 
-    self.setting, self.model_cfg = setting, model_config()
+    self.setting, self.model_cfg = setting, model_cfg or model_config()
     self.run = run_config(setting == "mlc", shape, lr, overrides)
     self.data = data = dataclasses.replace(data, layout=self.run.objective.row_layout(self.run))  # (data.pack_pairs)
     self.mesh = make_mesh(self.run.mesh.shape, devices=jax.devices()[:1])
@@ -120,8 +127,9 @@ class JaxSide:
                                 data, input_keys=pre.input_keys, output_keys=pre.output_keys, batch_size=shape.batch,
                                 mesh=self.mesh, cache_dir=os.path.join(workdir, "reference"), name=pre.name,
                                 model_identity={"bench": dataclasses.asdict(self.model_cfg)})
-    self.batches = pipeline.batch_iterator(data, shape.batch, seed=0, shuffle=False)
-    self.compile_s = None
+    self.batches = pipeline.batch_iterator(data, shape.batch, seed=0, shuffle=False,
+                                           pair_buckets=self.run.data.pair_buckets)
+    self.compile_s, self.flops_log = None, []
 
   def step_flops(self, host_batch) -> float:
     from mlc_jax.train.step import step_flops
@@ -137,6 +145,7 @@ class JaxSide:
     jax.block_until_ready((self.state, metrics))
     self.last_metrics = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
     self.flops = self.step_flops(host_batch)
+    self.flops_log.append(self.flops)
     return time.perf_counter() - t0
 
   def run_round(self, warmup: int, steps: int) -> dict:
@@ -168,13 +177,45 @@ class JaxSide:
     return float(cost.get("flops", float("nan"))) if cost else None
 
 
-def trl_payload(data, shape: Shape, side: JaxSide, lr: float) -> dict:
+def real_data(dataset: str, manual_dir: str, num_pairs: int, seed: int = 0):
+  """`num_pairs` pairs drawn with a fixed seed from a real dataset, tokenised as configs/mlc.py trains on it (byte
+  tokens, prompt ≤ 256, response ≤ 768; `bench_padding.load`), in the dataset's order."""
+  import bench_padding
+  _, data = bench_padding.load(dataset, manual_dir, "")
+  if num_pairs > len(data):
+    sys.exit(f"error: --pairs {num_pairs} is more than the {len(data)} pairs of {dataset}")
+  rows = np.sort(np.random.default_rng(seed).choice(len(data), num_pairs, replace=False))
+  return dataclasses.replace(data, **{f.name: getattr(data, f.name)[rows] for f in dataclasses.fields(data)
+                                      if isinstance(getattr(data, f.name), np.ndarray)})
+
+
+def pair_tokens(data, batch: int) -> np.ndarray:
+  """Real tokens (chosen + rejected sequences, each with its prompt) of each `batch`-pair batch, in order `[N/batch]`."""
+  per_pair = data.chosen_mask.sum(1) + data.rejected_mask.sum(1)
+  return per_pair[:len(per_pair) // batch * batch].reshape(-1, batch).sum(1)
+
+
+def timed_steps(rounds: int, warmup: int, round_warmup: int, steps: int) -> list[int]:
+  """The step indices (from 0) that the rounds time, the same on both sides."""
+  out, step = [], 0
+  for r in range(rounds):
+    step += warmup if r == 0 else round_warmup
+    out += range(step, step + steps)
+    step += steps
+  return out
+
+
+def trl_payload(data, side: JaxSide, lr: float, *, with_mlc: bool) -> dict:
   """What the TRL worker trains on: our token ids (prompt, chosen and rejected with their eos, the MLC variants)."""
   run = side.run
-  return {"prompt": data.chosen_ids[:, :shape.prompt_len].tolist(),
-          "chosen": data.chosen_ids[:, shape.prompt_len:].tolist(),
-          "rejected": data.rejected_ids[:, shape.prompt_len:].tolist(), "mlc_prompt_ids": data.prompt_ids.tolist(),
-          "eos_id": EOS_ID, "pad_id": PAD_ID,
+  split = lambda ids, mask, loss: ([list(r[m & ~l]) for r, m, l in zip(ids, mask.astype(bool), loss.astype(bool))],
+                                   [list(r[l]) for r, l in zip(ids, loss.astype(bool))])
+  prompt, chosen = split(data.chosen_ids, data.chosen_mask, data.chosen_loss_mask)
+  _, rejected = split(data.rejected_ids, data.rejected_mask, data.rejected_loss_mask)
+  as_int = lambda rows: [[int(x) for x in r] for r in rows]
+  return {"prompt": as_int(prompt), "chosen": as_int(chosen), "rejected": as_int(rejected),
+          "mlc_prompt_ids": data.prompt_ids.tolist() if with_mlc else None,
+          "eos_id": side.model_cfg.eos_token_id, "pad_id": side.model_cfg.pad_token_id,
           "settings": dict(batch_size=shape.batch, lr=lr, b1=run.optim.b1, b2=run.optim.b2, eps=run.optim.eps,
                            clip_norm=run.optim.clip_norm, beta=run.objective.beta, mlc_weight=run.mlc.weight,
                            tau=run.mlc.tau)}
@@ -204,16 +245,29 @@ def main():
                  help="first wait up to this many seconds for the machine to be idle (others' jobs skew timings)")
   p.add_argument("--workdir", default="", help="for the HF checkpoint, data and logs (default: a temp dir)")
   p.add_argument("--json", default="", help="write the results here")
+  p.add_argument("--data", choices=("synthetic", "real"), default="synthetic",
+                 help="synthetic: the fixed 256-token random pairs; real: --pairs pairs of --dataset (DPO only)")
+  p.add_argument("--dataset", default="mlc_pku_saferlhf/dpo", help="with --data real: a TFDS dataset of ours")
+  p.add_argument("--manual_dir", default=os.path.join(ROOT, "..", "shared", "data"),
+                 help="with --data real: where its source files are")
   args = p.parse_args()
+  if args.data == "real" and args.setting != "dpo":
+    p.error("--data real times DPO only (--setting dpo): the TRL side's MLC term takes unpadded prompt variants")
 
   import jax
   from mlc_jax.models import save_hf
 
-  shape = Shape()
   settings = ("dpo", "mlc") if args.setting == "both" else (args.setting,)
   workdir = args.workdir or tempfile.mkdtemp(prefix="mlc_jax_bench_")
   os.makedirs(workdir, exist_ok=True)
-  cfg = model_config()
+  if args.data == "real":
+    from mlc_jax.data.tokenizer import byte_tokenizer
+    tokenizer = byte_tokenizer()
+    shape, cfg = Shape(prompt_len=256, response_len=768), model_config(tokenizer.eos_token_id, tokenizer.pad_token_id)
+    if not any(o.startswith("data.pack_pairs=") and o != "data.pack_pairs=0" for o in args.override):
+      args.override = ["data.pair_buckets=(256,512,768,1024)", *args.override]  # (what configs/mlc.py trains with)
+  else:
+    shape, cfg = Shape(), model_config()
   print(f"[bench] backend {jax.default_backend()} ({jax.devices()[0].device_kind}), {os.cpu_count()} cores "
         f"({bench_machine.cpu_model()}); model {cfg.num_params() / 1e6:.1f}M params; workdir {workdir}", flush=True)
 
@@ -226,17 +280,26 @@ def main():
   print(f"[bench] peak fp32 matmul: jnp.dot {peak_jax['peak_flops'] / 1e9:.1f} GFLOP/s"
         + (f", torch.mm {peak_torch['peak_flops'] / 1e9:.1f} GFLOP/s" if peak_torch else ""), flush=True)
 
-  data = make_data(shape, args.pairs, cfg.vocab_size)
+  if args.data == "real":
+    data = real_data(args.dataset, args.manual_dir, args.pairs)
+    print(f"[bench] {args.pairs} pairs of {args.dataset} (byte tokens): sequence lengths "
+          f"{int(data.chosen_mask.sum(1).min())}-{int(data.chosen_mask.sum(1).max())} (chosen), "
+          f"{int(data.rejected_mask.sum(1).min())}-{int(data.rejected_mask.sum(1).max())} (rejected); "
+          f"overrides {args.override}", flush=True)
+  else:
+    data = make_data(shape, args.pairs, cfg.vocab_size)
+  batch_tokens = pair_tokens(data, shape.batch)
+  timed = timed_steps(args.rounds, args.warmup, args.round_warmup, args.steps)
   ours, trl = {}, {}
   for s in settings:
     t0 = time.perf_counter()
-    ours[s] = JaxSide(s, shape, data, args.lr, workdir, args.override)
+    ours[s] = JaxSide(s, shape, data, args.lr, workdir, args.override, cfg)
     print(f"[bench] ours/{s}: state + reference log-probs in {time.perf_counter() - t0:.1f}s", flush=True)
   first = ours[settings[0]]
   if trl_python:
     save_hf(first.initial_model, os.path.join(workdir, "hf_model"), overwrite=True)
     with open(os.path.join(workdir, "data.json"), "w") as f:
-      json.dump(trl_payload(data, shape, first, args.lr), f)
+      json.dump(trl_payload(data, first, args.lr, with_mlc="mlc" in ours), f)
     if "mlc" in ours:
       np.savez(os.path.join(workdir, "extractor.npz"), **ours["mlc"].initial_extractor)
     for s in settings:
@@ -272,7 +335,10 @@ def main():
   peak_jax_end = bench_machine.peak_matmul_jax()
   peak = max(peak_jax["peak_flops"], peak_jax_end["peak_flops"], peak_torch["peak_flops"] if peak_torch else 0)
 
-  tokens_per_step = 2 * shape.batch * shape.seq_len
+  # Synthetic pairs: every step alike, tokens/s from the median step. Real pairs: the batches differ (the same ones
+  # in the same order on both sides), so real tokens and FLOPs of the timed steps over their total time.
+  real = args.data == "real"
+  timed_tokens = [int(batch_tokens[i % len(batch_tokens)]) for i in timed]
   flops = {s: ours[s].flops for s in settings}
   rows = []
   for s in settings:
@@ -282,25 +348,37 @@ def main():
       times = [t for x in rounds[(side, s)] for t in x["times"]]
       med = median(times)
       foreign = max(x["load"]["foreign_share"] for x in rounds[(side, s)])
-      rows.append(dict(side=side, setting=s, foreign_cpu_share=foreign,
-                       median_step_s=med, min_step_s=min(times), max_step_s=max(times), step_times=times,
-                       tokens_per_s=tokens_per_step / med, achieved_flops=flops[s] / med, mfu=flops[s] / med / peak))
+      row = dict(side=side, setting=s, foreign_cpu_share=foreign, median_step_s=med, min_step_s=min(times),
+                 max_step_s=max(times), step_times=times, real_tokens_per_s=sum(timed_tokens) / sum(times))
+      if real:
+        row["tokens_per_s"] = row["real_tokens_per_s"]
+        if side == "ours":  # (TRL computes other positions: its own padding)
+          row["mfu"] = sum(ours[s].flops_log[i] for i in timed) / sum(times) / peak
+      else:
+        row.update(tokens_per_s=timed_tokens[0] / med, achieved_flops=flops[s] / med, mfu=flops[s] / med / peak)
+      rows.append(row)
   by = {(r["side"], r["setting"]): r for r in rows}
   for r in rows:
     other = by.get(("trl", r["setting"]))
     if other and r["side"] == "ours":
-      r["ratio_vs_trl"] = other["median_step_s"] / r["median_step_s"]
-      r["ratio_per_round"] = [median(t["times"]) / median(o["times"])
-                              for o, t in zip(rounds[("ours", r["setting"])], rounds[("trl", r["setting"])])]
+      r["ratio_vs_trl"] = r["tokens_per_s"] / other["tokens_per_s"]
+      r["ratio_per_round"] = [(sum(o["times"]) if real else median(o["times"])) /
+                              (sum(t["times"]) if real else median(t["times"]))
+                              for t, o in zip(rounds[("ours", r["setting"])], rounds[("trl", r["setting"])])]
 
   print(f"\n{'side':<6}{'setting':<9}{'median step':>13}{'tokens/s':>11}{'MFU':>8}{'ours/TRL':>10}")
   for r in rows:
     ratio = f"{r['ratio_vs_trl']:.2f}x" if r.get("ratio_vs_trl") else ""
-    print(f"{r['side']:<6}{r['setting']:<9}{r['median_step_s']:>12.3f}s{r['tokens_per_s']:>11.0f}"
-          f"{100 * r['mfu']:>7.1f}%{ratio:>10}")
-  print(f"peak fp32 matmul {peak / 1e9:.1f} GFLOP/s; tokens/s counts the 2·B·T = {tokens_per_step} preference-pair "
-        f"tokens per step; {', '.join(f'{s} {flops[s] / 1e9:.1f}' for s in settings)} GFLOP per step (analytic, full "
-        "attention matrix)")
+    mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
+    print(f"{r['side']:<6}{r['setting']:<9}{r['median_step_s']:>12.3f}s{r['tokens_per_s']:>11.0f}{mfu:>8}{ratio:>10}")
+  if real:
+    print(f"peak fp32 matmul {peak / 1e9:.1f} GFLOP/s; tokens/s = the real tokens of the timed steps' batches (chosen "
+          f"and rejected sequences, each with its prompt: {timed_tokens[0]} in the first) over their total time; MFU "
+          f"from the analytic FLOPs of each timed step's shapes")
+  else:
+    print(f"peak fp32 matmul {peak / 1e9:.1f} GFLOP/s; tokens/s counts the 2·B·T = {timed_tokens[0]} preference-pair "
+          f"tokens per step; {', '.join(f'{s} {flops[s] / 1e9:.1f}' for s in settings)} GFLOP per step (analytic, "
+          "full attention matrix)")
 
   xla = None
   if args.xla_check:

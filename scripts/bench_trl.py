@@ -150,12 +150,13 @@ def build_dataset(data: dict, with_mlc: bool):
   from datasets import Dataset
 
   eos = data["eos_id"]
+  # A response cut at the length limit has no eos (the real data's longest): none is added then.
+  response = lambda ids: " " + (text(ids[:-1]) + " " + EOS_TOKEN if ids[-1] == eos else text(ids))
   rows = {"prompt": [], "chosen": [], "rejected": []}
   for prompt, chosen, rejected in zip(data["prompt"], data["chosen"], data["rejected"]):
-    assert chosen[-1] == eos and rejected[-1] == eos
     rows["prompt"].append(text(prompt))
-    rows["chosen"].append(" " + text(chosen[:-1]) + " " + EOS_TOKEN)
-    rows["rejected"].append(" " + text(rejected[:-1]) + " " + EOS_TOKEN)
+    rows["chosen"].append(response(chosen))
+    rows["rejected"].append(response(rejected))
   if with_mlc:
     rows["mlc_prompt_ids"] = data["mlc_prompt_ids"]
   return Dataset.from_dict(rows)
@@ -172,12 +173,19 @@ def mlc_loss(z, tau: float, eps: float = 1e-12):
 
 
 def make_trainer_class(with_mlc: bool, mlc_weight: float, tau: float):
+  import torch
   from trl import DPOTrainer
 
-  if not with_mlc:
-    return DPOTrainer
+  class InOrderDPOTrainer(DPOTrainer):
+    """DPOTrainer reading the pairs in order, as our side does: the same batches on both sides, step by step."""
 
-  class MLCDPOTrainer(DPOTrainer):
+    def _get_train_sampler(self, *args, **kwargs):
+      return torch.utils.data.SequentialSampler(self.train_dataset)
+
+  if not with_mlc:
+    return InOrderDPOTrainer
+
+  class MLCDPOTrainer(InOrderDPOTrainer):
     """DPOTrainer + λ·MLC on the prompt variants (applied on every step)."""
 
     def _set_signature_columns_if_needed(self):

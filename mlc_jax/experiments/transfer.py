@@ -69,7 +69,7 @@ class Budget:
 
 BUDGETS = {"full": Budget(),
            "quick": Budget(seeds=(0,), sft_steps=60, align_steps=30, eval_limit=16, consistency_limit=16),
-           "demo": Budget(seeds=(0,), sft_steps=100, align_steps=60, consistency_limit=12)}
+           "demo": Budget(seeds=(0,), consistency_limit=12)}
 
 
 def _log(message: str):

@@ -60,8 +60,10 @@ def test_sequence_stats_and_their_gradients_equal_the_plain_computation(pairs_pe
     out = sequence_stats(graphdef.merge_model(params), batch, PAIR, logps_of=PAIR, pool_of=PAIR)
     return out, sum(jnp.sum(v * w) for v, w in zip(jax.tree.leaves(out), (1.0, 0.3, -0.5, 2.0, 0.1, -1.0)))
 
-  grad = lambda batch: jax.value_and_grad(lambda p: stats(p, batch)[1])(state.params["model"])[1]
-  want, got = (stats(state.params["model"], {k: jnp.asarray(v) for k, v in b.items()})[0] for b in (plain, packed))
+  # Jitted: eager op-by-op dispatch of the layer scan and its backward takes longer than compiling them.
+  grad = jax.jit(lambda batch: jax.grad(lambda p: stats(p, batch)[1])(state.params["model"]))
+  want, got = (jax.jit(stats)(state.params["model"], {k: jnp.asarray(v) for k, v in b.items()})[0]
+               for b in (plain, packed))
   assert_trees_close(got, want)
   assert_trees_close(grad({k: jnp.asarray(v) for k, v in packed.items()}),
                      grad({k: jnp.asarray(v) for k, v in plain.items()}))
@@ -105,7 +107,7 @@ def test_loss_and_gradients_with_mlc_equal_the_plain_step(base):
     batch = {k: jnp.asarray(v) for k, v in {**batch, **reference}.items() if k != "index"}
     fn = lambda params: loss_fn(spec.policy_def.merge(params), None, batch, jnp.bool_(True), run.objective, run.mlc,
                                 num_languages=len(data.languages))
-    return jax.value_and_grad(fn, has_aux=True)(state.params)
+    return jax.jit(jax.value_and_grad(fn, has_aux=True))(state.params)
 
   (loss, metrics), grads = value_and_grad(packed)
   (ref_loss, ref_metrics), ref_grads = value_and_grad(plain)
