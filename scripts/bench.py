@@ -216,7 +216,7 @@ def trl_payload(data, side: JaxSide, lr: float, *, with_mlc: bool) -> dict:
   return {"prompt": as_int(prompt), "chosen": as_int(chosen), "rejected": as_int(rejected),
           "mlc_prompt_ids": data.prompt_ids.tolist() if with_mlc else None,
           "eos_id": side.model_cfg.eos_token_id, "pad_id": side.model_cfg.pad_token_id,
-          "settings": dict(batch_size=shape.batch, lr=lr, b1=run.optim.b1, b2=run.optim.b2, eps=run.optim.eps,
+          "settings": dict(batch_size=run.train.batch_size, lr=lr, b1=run.optim.b1, b2=run.optim.b2, eps=run.optim.eps,
                            clip_norm=run.optim.clip_norm, beta=run.objective.beta, mlc_weight=run.mlc.weight,
                            tau=run.mlc.tau)}
 

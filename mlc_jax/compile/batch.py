@@ -1,7 +1,8 @@
 """The batch a run's train step and reference precompute read, as shapes: `jax.ShapeDtypeStruct`s from the config.
 
-One helper for every objective, from what the objective declares: `{side}_{ids,mask,loss_mask}` int32 `[B, T]` for
-each of its `sides` (T = data.max_prompt_len + data.max_response_len) or, with packed pairs, the largest packed rows
+One helper for every objective, from what the objective declares: `{side}_{ids,mask,loss_mask}` int32 `[B, T]` and
+`{side}_scores_index` `[B, R]` for each of its `sides` (T = data.max_prompt_len + data.max_response_len,
+R = data.max_response_len) or, with packed pairs, the largest packed rows
 (`packing.RowLayout.max_shapes`; the reference precompute: `packing.max_tree_shapes`), `prompt_ids`/`prompt_mask`
 `[B, L, P]` with the MLC term (L languages of data.langs, P = data.mlc_prompt_len), `pair_language` `[B]`, and with
 values precomputed before training `ref_<key>` for each output of `objective.precomputed`, their shapes and dtypes
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 from mlc_jax.data import packing
 from mlc_jax.data.datasets import PROMPT_ONLY
 from mlc_jax.data.languages import resolve_languages
+from mlc_jax.data.tokenized import SCORES_INDEX
 
 SEQUENCE_KEYS = ("ids", "mask", "loss_mask")
 
@@ -25,10 +27,11 @@ def num_languages(run) -> int:
   return len(resolve_languages(run.data.langs, key="data.langs"))
 
 
-def sequences(sides, batch_size: int, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
-  """`{side}_{ids,mask,loss_mask}` int32 `[batch_size, seq_len]` for each side."""
-  return {f"{side}_{k}": jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32) for side in sides
-          for k in SEQUENCE_KEYS}
+def sequences(sides, batch_size: int, limits) -> dict[str, jax.ShapeDtypeStruct]:
+  """`{side}_{ids,mask,loss_mask}` int32 `[batch_size, T]` and `{side}_scores_index` `[batch_size, R]` for each side
+  (`limits`: the run's `SequenceLimits`, T its pair length, R its response length)."""
+  shapes = {f"{side}_{k}": (batch_size, limits.pair_len) for side in sides for k in SEQUENCE_KEYS}
+  return _int32({**shapes, **{f"{side}_{SCORES_INDEX}": (batch_size, limits.max_response_len) for side in sides}})
 
 
 def _int32(shapes: dict[str, tuple[int, ...]]) -> dict[str, jax.ShapeDtypeStruct]:
@@ -53,7 +56,7 @@ def reference_batch(run, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
   if objective.pairs_packed(run):
     (prefix,) = packing.tree_prefixes(objective.reference_sides)
     return _int32(packing.max_tree_shapes(prefix, batch_size, limits.max_prompt_len, limits.max_response_len))
-  return sequences(objective.reference_sides, batch_size, limits.pair_len)
+  return sequences(objective.reference_sides, batch_size, limits)
 
 
 def micro_batch(run, spec) -> dict[str, jax.ShapeDtypeStruct]:
@@ -64,7 +67,7 @@ def micro_batch(run, spec) -> dict[str, jax.ShapeDtypeStruct]:
   if objective.data_kind is PROMPT_ONLY:
     batch = {k: v for k, v in prompt_only(run, b).items() if k != "index"}
   elif layout is None:
-    batch = sequences(objective.sides, b, limits.pair_len)
+    batch = sequences(objective.sides, b, limits)
   else:
     batch = _int32(layout.max_shapes(b, limits.max_prompt_len, limits.max_response_len))
   if run.mlc.enabled:

@@ -23,6 +23,7 @@ PAIR_KEYS = ("chosen_ids", "chosen_mask", "chosen_loss_mask", "rejected_ids", "r
 DOMINANT_PAIR_KEYS = tuple(f"dominant_{k}" for k in PAIR_KEYS)
 PROMPT_KEYS = ("prompt_ids", "prompt_mask")
 BATCH_KEYS = (*PAIR_KEYS, *PROMPT_KEYS, "pair_language", "index")
+SCORES_INDEX = "scores_index"  # `{side}_scores_index`: where the LM head runs on a plain sequence (`scored_positions`)
 MPO_BATCH_KEYS = (*PAIR_KEYS, *DOMINANT_PAIR_KEYS, "pair_language", "index")
 PROMPT_ONLY_BATCH_KEYS = ("student_prompt_ids", "student_prompt_mask", "teacher_prompt_ids", "teacher_prompt_mask",
                           "pair_language", "index")
@@ -77,19 +78,54 @@ class PairArrays:
                                           prefix)
     return cache[prefix]
 
+  @property
+  def pair_sides(self) -> tuple[str, ...]:
+    """The sequences of each example: `chosen`, `rejected` (and MPO's `dominant_chosen`, `dominant_rejected`)."""
+    return tuple(k[:-len("_loss_mask")] for k in self.batch_keys if k.endswith("_loss_mask"))
+
+  @property
+  def scores_width(self) -> int:
+    """The most response tokens any sequence of the dataset has: the width of its `{side}_scores_index`."""
+    if "_scores_width" not in self.__dict__:
+      self.__dict__["_scores_width"] = max(1, max(int(getattr(self, f"{side}_loss_mask")[:, 1:].sum(1).max(initial=0))
+                                                  for side in self.pair_sides))
+    return self.__dict__["_scores_width"]
+
   def __getattr__(self, name: str):
+    if name.startswith("_"):
+      raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+    side = name.removesuffix(f"_{SCORES_INDEX}")
+    if side != name and side in self.pair_sides:
+      cache = self.__dict__.setdefault("_scores_index", {})
+      if side not in cache:
+        cache[side] = scored_positions(getattr(self, f"{side}_loss_mask"), self.scores_width)
+      return cache[side]
     prefix, tree, _ = name.partition("tree_")
-    if tree and prefix in ("", "dominant_") and not name.startswith("_"):
+    if tree and prefix in ("", "dominant_"):
       return self.trees(prefix)[name]
     raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
   @property
   def pipeline_keys(self) -> tuple[str, ...]:
-    """The arrays the input pipeline gathers per example: `batch_keys`, with the layout's trees for the pairs."""
+    """The arrays the input pipeline gathers per example: `batch_keys`, with the layout's trees for the pairs, or
+    for plain sequences with each sequence's scored positions (`{side}_scores_index`)."""
     if self.layout is None:
-      return self.batch_keys
+      return (*self.batch_keys, *(f"{side}_{SCORES_INDEX}" for side in self.pair_sides))
     trees = tuple(f"{p}tree_{k}" for p in self.layout.prefixes for k in packing.TREE_FIELDS)
     return (*trees, *(k for k in self.batch_keys if k not in PAIR_KEYS and k not in DOMINANT_PAIR_KEYS))
+
+
+def scored_positions(loss_mask: np.ndarray, width: int) -> np.ndarray:
+  """`[N, width]` int32: the positions t of each row `[N, T]` whose next token is scored (`loss_mask[:, t + 1]`),
+  ascending, then zeros (a row has `loss_mask[:, 1:].sum(1)` of them): the LM head runs at these positions only."""
+  scored = np.zeros(loss_mask.shape, bool)
+  scored[:, :-1] = loss_mask[:, 1:] > 0
+  count = scored.sum(1, keepdims=True)
+  if count.max(initial=0) > width:
+    raise ValueError(f"a sequence has {int(count.max())} response tokens, more than the width {width}")
+  order = np.argsort(~scored, axis=1, kind="stable")[:, :width]
+  order = np.pad(order, ((0, 0), (0, width - order.shape[1])))
+  return np.where(np.arange(width) < count, order, 0).astype(np.int32)
 
 
 @dataclasses.dataclass(frozen=True)

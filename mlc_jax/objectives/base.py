@@ -8,7 +8,8 @@ check) registered by name with `@register`. It owns everything the trainer needs
                     the sequences its forward runs, those whose response log-probs it needs (the LM head runs on
                     their response tokens only) and those it mean-pools; preference-pair sides arrive packed
                     (`mlc_jax.data.packing`: each pair's prompt once, `data.pack_pairs` pairs per row) or, with
-                    `data.pack_pairs=0`, as plain `{side}_{ids,mask,loss_mask}` `[B, T]`
+                    `data.pack_pairs=0`, as plain `{side}_{ids,mask,loss_mask}` `[B, T]` with the positions the
+                    head runs at, `{side}_scores_index` `[B, W]`
   reference_keys    what the frozen initial model contributes per example (() = no reference), computed by
                     `reference_outputs` either once before training (cached) or live from a frozen copy
   outputs(model, batch) → dict    its forward
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 from mlc_jax.config.fields import ConfigError, Section
 from mlc_jax.data import packing
 from mlc_jax.data.datasets import DataKind
+from mlc_jax.data.tokenized import SCORES_INDEX
 from mlc_jax.losses import logps, mpo
 from mlc_jax.models import Decoder, ModelConfig, flops
 
@@ -144,7 +146,8 @@ def _packed_stats(model: Decoder, batch, sides, logps_of, pool_of, pool_padding)
 
 
 def _plain_stats(model: Decoder, batch, sides, logps_of, pool_of, pool_padding) -> dict[str, jax.Array]:
-  """`sequence_stats` of plain `[B, T]` sequences: every side its own row, the head on every position."""
+  """`sequence_stats` of plain `[B, T]` sequences: every side its own row; the head at the `{side}_scores_index`
+  `[B, W]` positions (`tokenized.scored_positions`, from the input pipeline) or, without them, at every position."""
   if tuple(sides[:len(logps_of)]) != tuple(logps_of):
     raise ValueError(f"logps_of={logps_of} must be the first sides of {sides}")
   cat = lambda key, which: jnp.concatenate([batch[f"{side}_{key}"] for side in which])
@@ -155,10 +158,17 @@ def _plain_stats(model: Decoder, batch, sides, logps_of, pool_of, pool_padding) 
   out = {}
   if logps_of:
     n = len(logps_of) * b
-    # Every position scores the next token, the last one masked out: no `hidden[:, :-1]` slice, whose
-    # T − 1 positions make the TPU compiler copy the float32 logits (see logps.next_token_targets).
-    targets, target_mask = logps.next_token_targets(ids[:n], cat("loss_mask", logps_of))
-    summed, mean, _ = logps.sequence_logps(model.token_logps(hidden[:n], targets), target_mask)
+    if all(f"{side}_{SCORES_INDEX}" in batch for side in logps_of):
+      index = cat(SCORES_INDEX, logps_of)  # [n, W]: the positions predicting a response token, then zeros
+      targets = jnp.take_along_axis(ids[:n], index + 1, axis=1)
+      count = cat("loss_mask", logps_of)[:, 1:].sum(1)
+      token = model.token_logps(logps.gather_positions(hidden[:n], index), targets)
+      summed, mean, _ = logps.sequence_logps(token, jnp.arange(index.shape[1]) < count[:, None])
+    else:
+      # Every position scores the next token, the last one masked out: no `hidden[:, :-1]` slice, whose
+      # T − 1 positions make the TPU compiler copy the float32 logits (see logps.next_token_targets).
+      targets, target_mask = logps.next_token_targets(ids[:n], cat("loss_mask", logps_of))
+      summed, mean, _ = logps.sequence_logps(model.token_logps(hidden[:n], targets), target_mask)
     for side in logps_of:
       out[f"{side}_sum"], out[f"{side}_mean"] = rows(summed, side), rows(mean, side)
   for side in pool_of:
@@ -190,11 +200,11 @@ class Objective(Section):
 
   def reference_inputs(self, run) -> tuple[str, ...]:
     """The dataset arrays `reference_outputs` reads before training: the per-example trees of the reference sides
-    when pairs are packed, else their plain sequences."""
+    when pairs are packed, else their plain sequences with their scored positions."""
     if self.pairs_packed(run):
       prefixes = packing.tree_prefixes(self.reference_sides)
       return tuple(f"{prefix}tree_{k}" for prefix in prefixes for k in packing.TREE_FIELDS)
-    return tuple(f"{side}_{k}" for side in self.reference_sides for k in ("ids", "mask", "loss_mask"))
+    return tuple(f"{side}_{k}" for side in self.reference_sides for k in ("ids", "mask", "loss_mask", SCORES_INDEX))
 
   def row_layout(self, run) -> packing.RowLayout | None:
     """How the input pipeline packs this run's pairs (None: plain sequences). The response tokens of the logp sides
@@ -257,7 +267,7 @@ class Objective(Section):
     """Analytic model FLOPs of its forward and backward on a batch whose arrays have `shapes`, plus the frozen
     reference's forward when it runs live. Packed rows `[r, S]`: every row position through the blocks (attention
     counted causal over the row), the head at the `[r, M]` scored positions; plain `[B, T]` per side: the head at
-    every position of the `logp_sides`."""
+    the `[B, W]` positions of `{side}_scores_index` of the `logp_sides` (at all T without them)."""
     if "rows_ids" in shapes:
       r, s = shapes["rows_ids"]
       blocks = r * flops.forward_flops(model_cfg, s)
@@ -267,7 +277,8 @@ class Objective(Section):
       frozen = blocks + head_flops(self.reference_sides) if frozen_reference else 0
       return flops.training_flops(blocks + head_flops(self.logp_sides)) + frozen
     b, t = shapes[f"{self.sides[0]}_ids"]
-    head = flops.forward_flops(model_cfg, t, num_blocks=0, head_positions=t)
+    scored = shapes.get(f"{self.sides[0]}_{SCORES_INDEX}", (b, t))[1]
+    head = flops.forward_flops(model_cfg, t, num_blocks=0, head_positions=scored)
     forward = len(self.sides) * flops.forward_flops(model_cfg, t) + len(self.logp_sides) * head
     frozen = len(self.reference_sides) * (flops.forward_flops(model_cfg, t) + head) if frozen_reference else 0
     return b * (flops.training_flops(forward) + frozen)
