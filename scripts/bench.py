@@ -185,8 +185,9 @@ def real_data(dataset: str, manual_dir: str, num_pairs: int, seed: int = 0):
   if num_pairs > len(data):
     sys.exit(f"error: --pairs {num_pairs} is more than the {len(data)} pairs of {dataset}")
   rows = np.sort(np.random.default_rng(seed).choice(len(data), num_pairs, replace=False))
-  return dataclasses.replace(data, **{f.name: getattr(data, f.name)[rows] for f in dataclasses.fields(data)
-                                      if isinstance(getattr(data, f.name), np.ndarray)})
+  arrays = {f.name: getattr(data, f.name)[rows] for f in dataclasses.fields(data)
+            if isinstance(getattr(data, f.name), np.ndarray)}
+  return dataclasses.replace(data, **{**arrays, "index": np.arange(num_pairs)})  # (positions in the subset)
 
 
 def pair_tokens(data, batch: int) -> np.ndarray:

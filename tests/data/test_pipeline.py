@@ -24,8 +24,9 @@ def take(it, k):
 def assert_same_stream(a, b):
   assert len(a) == len(b)
   for x, y in zip(a, b):
-    assert set(x) == set(y) == set(BATCH_KEYS)
-    for key in BATCH_KEYS:
+    keys = {*BATCH_KEYS, "chosen_scores_index", "rejected_scores_index"}  # (where the LM head runs)
+    assert set(x) == set(y) == keys
+    for key in keys:
       np.testing.assert_array_equal(x[key], y[key])
 
 

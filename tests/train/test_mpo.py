@@ -45,7 +45,8 @@ def test_tokenize_mpo_gives_each_side_the_tokens_of_its_own_pair():
   assert data.languages == ("zh", "sw", "bn") and data.dominant_languages == ("en",)
   assert [data.languages[i] for i in data.pair_language] == [e.target.pair_language for e in examples]
   batch = next(pipeline.batch_iterator(data, 4, seed=0))
-  assert set(batch) == set(tokenized.MPO_BATCH_KEYS)
+  sides = ("chosen", "rejected", "dominant_chosen", "dominant_rejected")
+  assert set(batch) == {*tokenized.MPO_BATCH_KEYS, *(f"{side}_{tokenized.SCORES_INDEX}" for side in sides)}
 
 
 @needs_mpo_data
