@@ -50,7 +50,7 @@ import bench_trl
 import trace_summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAD_ID, EOS_ID = 0, 2
+PAD_ID, EOS_ID = 0, 2  # (the synthetic pairs' word tokenizer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,12 +179,19 @@ class JaxSide:
 
 def real_data(dataset: str, manual_dir: str, num_pairs: int, seed: int = 0):
   """`num_pairs` pairs drawn with a fixed seed from a real dataset, tokenised as configs/mlc.py trains on it (byte
-  tokens, prompt ≤ 256, response ≤ 768; `bench_padding.load`), in the dataset's order."""
+  tokens, prompt ≤ 256, response ≤ 768; `bench_padding.load`), in the dataset's order. Only pairs whose responses
+  end within the budget are drawn: TRL would add an eos to a cut one, and the sides would differ by that token."""
   import bench_padding
+
+  from mlc_jax.data.tokenizer import byte_tokenizer
   _, data = bench_padding.load(dataset, manual_dir, "")
-  if num_pairs > len(data):
-    sys.exit(f"error: --pairs {num_pairs} is more than the {len(data)} pairs of {dataset}")
-  rows = np.sort(np.random.default_rng(seed).choice(len(data), num_pairs, replace=False))
+  eos = byte_tokenizer().eos_token_id
+  ends = lambda ids, loss: ids[np.arange(len(ids)), loss.shape[1] - 1 - np.argmax(loss[:, ::-1], axis=1)]
+  whole = np.flatnonzero((ends(data.chosen_ids, data.chosen_loss_mask) == eos)
+                         & (ends(data.rejected_ids, data.rejected_loss_mask) == eos))
+  if num_pairs > len(whole):
+    sys.exit(f"error: --pairs {num_pairs} is more than the {len(whole)} pairs of {dataset} that are not cut")
+  rows = np.sort(np.random.default_rng(seed).choice(whole, num_pairs, replace=False))
   arrays = {f.name: getattr(data, f.name)[rows] for f in dataclasses.fields(data)
             if isinstance(getattr(data, f.name), np.ndarray)}
   return dataclasses.replace(data, **{**arrays, "index": np.arange(num_pairs)})  # (positions in the subset)

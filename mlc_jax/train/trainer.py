@@ -242,5 +242,6 @@ def _last_checkpoint(ckpt, workdir: str) -> str:
 def _model_identity(run: RunConfig, model_cfg) -> dict:
   m = run.model
   return {"model": dataclasses.asdict(model_cfg), "hf_path": os.path.abspath(m.hf_path) if m.hf_path else "",
-          "init_seed": m.init_seed, "dtype": m.dtype, "param_dtype": m.param_dtype, "vocab_chunk": m.vocab_chunk}
+          "init_seed": m.init_seed, "dtype": m.dtype, "param_dtype": m.param_dtype, "vocab_chunk": m.vocab_chunk,
+          "attention_chunk": m.attention_chunk}
 
