@@ -25,6 +25,10 @@ response ≤ 768), read in order by both sides (TRL's sampler too), so every ste
 each batch to the length buckets 256/512/768/1024 (or packs it with `--override data.pack_pairs=G`), TRL pads to the
 batch's longest sequence. tokens/s is then the real tokens of the timed steps over their total time.
 
+On a GPU or TPU MFU is against the chip's dense bf16 peak (`mlc_jax.parallel.devices.PEAK_BF16_FLOPS`); set the
+accelerator's settings as overrides, e.g. `--skip_trl --override model.dtype=bfloat16 --override
+model.attention_impl=cudnn` (GPU) or `model.attention_impl=splash` (TPU).
+
 Run (about 8 minutes on the idle 2-core CPU; results in docs/benchmarks.md):
   .venv/bin/python scripts/bench.py --json runs/bench.json
   .venv/bin/python scripts/bench.py --setting dpo --skip_trl --rounds 1     # ours only, quick
@@ -341,7 +345,13 @@ def main():
   for w in trl.values():
     w.close()
   peak_jax_end = bench_machine.peak_matmul_jax()
-  peak = max(peak_jax["peak_flops"], peak_jax_end["peak_flops"], peak_torch["peak_flops"] if peak_torch else 0)
+  # On an accelerator MFU is against the chip's dense bf16 peak (mlc_jax/parallel/devices.py), on a CPU against the
+  # best fp32 matmul measured here.
+  from mlc_jax.parallel.devices import peak_flops
+  chip_peak = peak_flops(jax.devices()[0].device_kind)
+  peak = chip_peak or max(peak_jax["peak_flops"], peak_jax_end["peak_flops"],
+                          peak_torch["peak_flops"] if peak_torch else 0)
+  peak_name = f"{jax.devices()[0].device_kind} bf16 peak (datasheet)" if chip_peak else "peak fp32 matmul (measured)"
 
   # Synthetic pairs: every step alike, tokens/s from the median step. Real pairs: the batches differ (the same ones
   # in the same order on both sides), so real tokens and FLOPs of the timed steps over their total time.
@@ -380,11 +390,11 @@ def main():
     mfu = f"{100 * r['mfu']:.1f}%" if "mfu" in r else "-"
     print(f"{r['side']:<6}{r['setting']:<9}{r['median_step_s']:>12.3f}s{r['tokens_per_s']:>11.0f}{mfu:>8}{ratio:>10}")
   if real:
-    print(f"peak fp32 matmul {peak / 1e9:.1f} GFLOP/s; tokens/s = the real tokens of the timed steps' batches (chosen "
+    print(f"{peak_name} {peak / 1e9:.1f} GFLOP/s; tokens/s = the real tokens of the timed steps' batches (chosen "
           f"and rejected sequences, each with its prompt: {timed_tokens[0]} in the first) over their total time; MFU "
           f"from the analytic FLOPs of each timed step's shapes")
   else:
-    print(f"peak fp32 matmul {peak / 1e9:.1f} GFLOP/s; tokens/s counts the 2·B·T = {timed_tokens[0]} preference-pair "
+    print(f"{peak_name} {peak / 1e9:.1f} GFLOP/s; tokens/s counts the 2·B·T = {timed_tokens[0]} preference-pair "
           f"tokens per step; {', '.join(f'{s} {flops[s] / 1e9:.1f}' for s in settings)} GFLOP per step (analytic, "
           "full attention matrix)")
 
