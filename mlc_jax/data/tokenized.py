@@ -120,12 +120,13 @@ def scored_positions(loss_mask: np.ndarray, width: int) -> np.ndarray:
   ascending, then zeros (a row has `loss_mask[:, 1:].sum(1)` of them): the LM head runs at these positions only."""
   scored = np.zeros(loss_mask.shape, bool)
   scored[:, :-1] = loss_mask[:, 1:] > 0
-  count = scored.sum(1, keepdims=True)
+  count = scored.sum(1)
   if count.max(initial=0) > width:
     raise ValueError(f"a sequence has {int(count.max())} response tokens, more than the width {width}")
-  order = np.argsort(~scored, axis=1, kind="stable")[:, :width]
-  order = np.pad(order, ((0, 0), (0, width - order.shape[1])))
-  return np.where(np.arange(width) < count, order, 0).astype(np.int32)
+  rows, cols = np.nonzero(scored)  # row by row, ascending: each one's rank in its row is its slot
+  out = np.zeros((len(loss_mask), width), np.int32)
+  out[rows, np.arange(len(rows)) - (np.cumsum(count) - count)[rows]] = cols
+  return out
 
 
 @dataclasses.dataclass(frozen=True)
