@@ -62,6 +62,12 @@ def train_in_process(config, mesh, steps, data=None):
   return jax.tree.map(np.asarray, jax.device_get(state.params)), history
 
 
+def assert_trees_close(got, want, rtol=1e-5):
+  """Every leaf of `got` equals `want`'s to `rtol`, with an absolute floor of `rtol` × the largest |value| of `want`."""
+  scale = max(float(np.abs(np.asarray(x)).max()) for x in jax.tree.leaves(want))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * scale), got, want)
+
+
 def numpy_logps(logits, ids, loss_mask):
   """Summed and mean log-probs `[B]` of the masked tokens from full-vocabulary logits (float64 NumPy)."""
   x = np.asarray(logits, np.float64)

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_helpers import setup, small_config, tokenized_builtin, train_in_process
+from train_helpers import assert_trees_close, setup, small_config, tokenized_builtin, train_in_process
 
 from mlc_jax.config import RunConfig, apply_overrides
 from mlc_jax.config.fields import ConfigError
@@ -22,10 +22,6 @@ MPO_SIDES = (*PAIR, "dominant_chosen", "dominant_rejected")
 ONE_DEVICE = lambda: make_mesh((1, 1, 1), devices=jax.devices()[:1])
 PAIR_BASES = [name for name, cls in OBJECTIVES.items() if cls.data_kind is PREFERENCE_PAIRS]
 
-
-def assert_trees_close(got, want, rtol=1e-5):
-  scale = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(want))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * scale), got, want)
 
 
 def plain_and_packed(data, layout, batch_size=4, seed=0):

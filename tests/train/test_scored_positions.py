@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from train_helpers import setup, small_config, tokenized_builtin
+from train_helpers import assert_trees_close, setup, small_config, tokenized_builtin
 
 from mlc_jax.config import RunConfig
 from mlc_jax.data import pipeline
@@ -18,10 +18,6 @@ PAIR = ("chosen", "rejected")
 INDEX_KEYS = tuple(f"{side}_{SCORES_INDEX}" for side in PAIR)
 ONE_DEVICE = lambda: make_mesh((1, 1, 1), devices=jax.devices()[:1])
 
-
-def assert_trees_close(got, want, rtol=1e-5):
-  scale = max(float(jnp.abs(x).max()) for x in jax.tree.leaves(want))
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * scale), got, want)
 
 
 def one_batch(data, batch_size=4, **kwargs):
