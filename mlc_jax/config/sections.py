@@ -29,6 +29,8 @@ class ModelSection(Section):
                                non_negative())
   vocab_chunk: int = field(0, "0 = whole-vocabulary log-probs; C = stream the log-partition over chunks of C",
                            non_negative())
+  scan_unroll: int = field(1, "blocks per iteration of the layer scan: 1 compiles one block (at scale); the number "
+                           "of layers unrolls it (faster steps on small models, longer compiles)", positive())
 
   def check(self, key):
     if not self.hf_path and self.preset not in PRESETS:
@@ -49,10 +51,10 @@ class ModelSection(Section):
     return model_cfg
 
   def decoder_kwargs(self) -> dict:
-    """The `Decoder` keyword arguments this section sets (dtypes, remat, attention, vocab_chunk)."""
+    """The `Decoder` keyword arguments this section sets (dtypes, remat, attention, vocab_chunk, scan_unroll)."""
     return dict(dtype=DTYPES[self.dtype], param_dtype=DTYPES[self.param_dtype], remat=self.remat,
                 attention_impl=self.attention_impl, attention_chunk=self.attention_chunk,
-                vocab_chunk=self.vocab_chunk or None)
+                vocab_chunk=self.vocab_chunk or None, scan_unroll=self.scan_unroll)
 
 
 DATA_SOURCES = ("builtin", "mlc_jsonl", "tfds")

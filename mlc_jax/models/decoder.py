@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mlc_jax.losses.logps import softcap, token_logps
+from mlc_jax.losses.logps import gather_positions, softcap, token_logps
 from mlc_jax.models import rope
 from mlc_jax.models.attention_kernels import splash_attention
 from mlc_jax.models.config import ModelConfig
@@ -242,14 +242,17 @@ class Attention(nnx.Module):
       self.q_norm = RMSNorm(h, **kw)
       self.k_norm = RMSNorm(h, **kw)
 
-  def __call__(self, x_bsd, inputs: AttentionInputs, is_sliding, cache: KVCache | None = None, layer=None):
+  def __call__(self, x_bsd, inputs: AttentionInputs, is_sliding, cache: KVCache | None = None, layer=None,
+               queries_bq=None):
     """`[b, s, d]` → (`[b, s, d]`, cache); `is_sliding` and `layer` are this layer's scalars (scanned inputs).
 
     Without a cache the `s` tokens attend to each other (`inputs` masks `[b, s, s]`). With one, their keys and
     values are written into the cache's layer `layer` first and they attend to all its `t` slots (`[b, s, t]`).
+    `queries_bq` `[b, q]` (no cache): only these positions query, against the keys of all `s` → `[b, q, d]`.
     """
     cfg, dtype = self.cfg, x_bsd.dtype
-    q_bsnh = project(x_bsd, self.q_proj[...].astype(dtype))
+    subset = (lambda a: a) if queries_bq is None else (lambda a: gather_positions(a, queries_bq))
+    q_bsnh = project(subset(x_bsd), self.q_proj[...].astype(dtype))
     k_btkh = project(x_bsd, self.k_proj[...].astype(dtype))
     v_btkh = project(x_bsd, self.v_proj[...].astype(dtype))
     if cfg.attention_bias:
@@ -261,22 +264,27 @@ class Attention(nnx.Module):
     cos, sin = inputs.cos, inputs.sin
     if inputs.local_cos is not None:
       cos, sin = jnp.where(is_sliding, inputs.local_cos, cos), jnp.where(is_sliding, inputs.local_sin, sin)
-    q_bsnh = rope.apply_rotary(q_bsnh, cos, sin)
+    q_bsnh = rope.apply_rotary(q_bsnh, subset(cos), subset(sin))
     k_btkh = rope.apply_rotary(k_btkh, cos, sin)
     if cache is not None:
       cache = cache.write(layer, k_btkh, v_btkh)
       k_btkh, v_btkh = cache.layer(layer)
-    out_bsnh = self._attend(q_bsnh, k_btkh, v_btkh, inputs, is_sliding, cached=cache is not None)
+    if queries_bq is not None:
+      sliding = inputs.sliding_mask_bst
+      inputs = inputs._replace(mask_bst=subset(inputs.mask_bst), sliding_mask_bst=None if sliding is None
+                               else subset(sliding))
+    out_bsnh = self._attend(q_bsnh, k_btkh, v_btkh, inputs, is_sliding,
+                            keys_are_queries=cache is None and queries_bq is None)
     return project(out_bsnh, self.o_proj[...].astype(dtype), in_dims=2), cache
 
-  def _attend(self, q_bsnh, k_btkh, v_btkh, inputs: AttentionInputs, is_sliding, *, cached: bool):
+  def _attend(self, q_bsnh, k_btkh, v_btkh, inputs: AttentionInputs, is_sliding, *, keys_are_queries: bool):
     cfg, windowed = self.cfg, inputs.sliding_mask_bst is not None
     mask_bst = inputs.mask_bst
     if windowed:
       mask_bst = jnp.where(is_sliding, inputs.sliding_mask_bst, mask_bst)
-    if self.attention_impl == "xla" or cached:  # the fused kernels' causal mask assumes keys == queries
+    if self.attention_impl == "xla" or not keys_are_queries:  # the fused kernels' causal mask assumes them equal
       kwargs = dict(scale=cfg.attention_scale, cap=cfg.attn_logit_softcap)
-      if self.attention_chunk and not cached and q_bsnh.shape[1] > self.attention_chunk:
+      if self.attention_chunk and keys_are_queries and q_bsnh.shape[1] > self.attention_chunk:
         return causal_chunked_attention(q_bsnh, k_btkh, v_btkh, mask_bst, chunk=self.attention_chunk, **kwargs)
       return xla_attention(q_bsnh, k_btkh, v_btkh, mask_bst, **kwargs)
     if self.attention_impl == "splash":
@@ -334,9 +342,12 @@ class Block(nnx.Module):
     if cfg.post_norms:
       self.mlp_post_norm = norm()
 
-  def __call__(self, x_bsd, inputs: AttentionInputs, is_sliding, cache: KVCache | None = None, layer=None):
-    """`[b, s, d]` → (`[b, s, d]`, cache); see `Attention.__call__`."""
-    y_bsd, cache = self.attn(self.attn_norm(x_bsd), inputs, is_sliding, cache, layer)
+  def __call__(self, x_bsd, inputs: AttentionInputs, is_sliding, cache: KVCache | None = None, layer=None,
+               queries_bq=None):
+    """`[b, s, d]` → (`[b, s, d]`, cache), or `[b, q, d]` at `queries_bq`; see `Attention.__call__`."""
+    y_bsd, cache = self.attn(self.attn_norm(x_bsd), inputs, is_sliding, cache, layer, queries_bq)
+    if queries_bq is not None:
+      x_bsd = gather_positions(x_bsd, queries_bq)
     x_bsd = x_bsd + (self.attn_post_norm(y_bsd) if self.post_norms else y_bsd)
     y_bsd = self.mlp(self.mlp_norm(x_bsd))
     return x_bsd + (self.mlp_post_norm(y_bsd) if self.post_norms else y_bsd), cache
@@ -354,24 +365,29 @@ class Decoder(nnx.Module):
       attention (Gemma-2) runs 'xla' unless 'splash'.
     attention_chunk: C > 0 runs 'xla' attention over blocks of C queries against the keys up to each block's end
       on sequences longer than C (`causal_chunked_attention`: the same values, about half the score FLOPs); 0 never.
+    scan_unroll: blocks per iteration of the layer scan (`jax.lax.scan`'s `unroll`): 1 compiles one block (fastest
+      compile, the choice at scale); `num_layers` unrolls the loop, which spares XLA the per-layer slicing of the
+      stacked weights and residuals (faster steps on small models, longer compiles).
     vocab_chunk: how `token_logps` computes the log-partition: None over the whole vocabulary at once, C
       streamed over chunks of C columns (never a float32 `[b, s, v]` array; C must divide the vocabulary).
   """
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype=jnp.float32, param_dtype=jnp.float32,
                remat: str = "none", attention_impl: str = "xla", attention_chunk: int = 0,
-               vocab_chunk: int | None = None):
+               vocab_chunk: int | None = None, scan_unroll: int = 1):
     if remat not in REMAT_POLICIES:
       raise ValueError(f"remat={remat!r} is not one of {sorted(REMAT_POLICIES)}")
     if attention_impl not in ATTENTION_IMPLS:
       raise ValueError(f"attention_impl={attention_impl!r} is not one of {', '.join(ATTENTION_IMPLS)}")
     if attention_chunk < 0:
       raise ValueError(f"attention_chunk={attention_chunk} must be 0 (off) or positive")
+    if scan_unroll < 1:
+      raise ValueError(f"scan_unroll={scan_unroll} must be at least 1 (blocks per layer-scan iteration)")
     if vocab_chunk is not None and (vocab_chunk <= 0 or cfg.vocab_size % vocab_chunk):
       raise ValueError(f"vocab_chunk={vocab_chunk} must be a positive divisor of the vocabulary size "
                        f"{cfg.vocab_size}")
     self.cfg, self.dtype, self.remat, self.attention_impl = cfg, dtype, remat, attention_impl
-    self.vocab_chunk = vocab_chunk
+    self.vocab_chunk, self.scan_unroll = vocab_chunk, scan_unroll
     self.embed = nnx.Param(0.02 * jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden_size), param_dtype),
                            axes=("vocab", "embed"))
     self.blocks = Block(cfg, param_dtype=param_dtype, rngs=rngs, num_layers=cfg.num_layers,
@@ -401,7 +417,7 @@ class Decoder(nnx.Module):
                        logit_softcap=self.cfg.final_logit_softcap)
 
   def hidden_states(self, input_ids, attention_mask=None, *, positions=None, segment_ids=None, branch_ids=None,
-                    num_blocks: int | None = None, collect: bool = False):
+                    num_blocks: int | None = None, collect: bool = False, at=None):
     """Runs the first `num_blocks` blocks (all by default).
 
     Args:
@@ -412,6 +428,8 @@ class Decoder(nnx.Module):
         and `positions` (required), and `attention_mask` must be None.
       num_blocks: how many blocks to run; fewer than `num_layers` skips the rest (and the final norm).
       collect: also return every block's output (costs `[num_blocks, batch, seq, hidden]` of memory).
+      at: `[batch, q]` int positions: the output only there (`[batch, q, hidden]`, not with `collect`); the last
+        block run then computes its queries, MLP and norm at those positions only (its keys and values everywhere).
 
     Returns:
       The final-norm output `[batch, seq, hidden]` when all blocks ran, otherwise the output of block
@@ -432,7 +450,18 @@ class Decoder(nnx.Module):
       if positions is None:
         positions = jnp.broadcast_to(jnp.arange(s), (b, s))
       inputs = self._attention_inputs(attention_mask, positions)
-    x_bsd, per_block_lbsd, _ = self._run_blocks(self.embed_tokens(input_ids), inputs, num_blocks, collect=collect)
+    if at is not None and collect:
+      raise ValueError("hidden_states: `at` returns some positions only; it cannot `collect` every block's output")
+    x_bsd = self.embed_tokens(input_ids)
+    if at is None:
+      x_bsd, per_block_lbsd, _ = self._run_blocks(x_bsd, inputs, num_blocks, collect=collect)
+    elif num_blocks == 0:
+      x_bsd = gather_positions(x_bsd, at)
+    else:
+      x_bsd = self._run_blocks(x_bsd, inputs, num_blocks - 1)[0]
+      graphdef, stacked = nnx.split(self.blocks)
+      last = nnx.merge(graphdef, jax.tree.map(lambda a: a[num_blocks - 1], stacked))
+      x_bsd = last(x_bsd, inputs, jnp.asarray(cfg.sliding_layers[num_blocks - 1]), queries_bq=at)[0]
     if num_blocks == cfg.num_layers:
       x_bsd = self.final_norm(x_bsd)
     return (x_bsd, per_block_lbsd) if collect else x_bsd
@@ -457,7 +486,8 @@ class Decoder(nnx.Module):
 
     if REMAT_POLICIES[self.remat] is not None:
       body = jax.checkpoint(body, policy=REMAT_POLICIES[self.remat], prevent_cse=False)
-    (x_bsd, cache), per_block_lbsd = jax.lax.scan(body, (x_bsd, cache), (stacked, is_sliding_l, layer_l))
+    (x_bsd, cache), per_block_lbsd = jax.lax.scan(body, (x_bsd, cache), (stacked, is_sliding_l, layer_l),
+                                                      unroll=min(self.scan_unroll, max(num_blocks, 1)))
     return x_bsd, per_block_lbsd, cache
 
   def _rope_tables(self, positions):
@@ -545,16 +575,15 @@ class Decoder(nnx.Module):
       x_bsd = x_bsd * jnp.asarray(np.float32(self.cfg.hidden_size**0.5)).astype(self.dtype)
     return x_bsd
 
-  def hidden_state_at(self, input_ids, attention_mask=None, *, layer: int, positions=None):
-    """HF's `hidden_states[layer]` `[batch, seq, hidden]`, running only the blocks it needs.
+  def hidden_state_at(self, input_ids, attention_mask=None, *, layer: int, positions=None, at=None):
+    """HF's `hidden_states[layer]` `[batch, seq, hidden]` (`[batch, q, hidden]` at the `at` `[batch, q]`
+    positions only: see `hidden_states`), running only the blocks it needs.
 
     layer 0 is the embedding output, i in 1..num_layers-1 the output of block i, num_layers the final-norm output.
     """
     if not 0 <= layer <= self.cfg.num_layers:
       raise ValueError(f"hidden-state layer {layer} is outside [0, {self.cfg.num_layers}] for this model")
-    if layer == 0:
-      return self.embed_tokens(input_ids)
-    return self.hidden_states(input_ids, attention_mask, positions=positions, num_blocks=layer)
+    return self.hidden_states(input_ids, attention_mask, positions=positions, num_blocks=layer, at=at)
 
   def __call__(self, input_ids, attention_mask=None, *, positions=None, output_hidden_states: bool = False):
     """Logits `[batch, seq, vocab]` (float32); with output_hidden_states also HF-indexed hidden states.
@@ -574,5 +603,5 @@ class Decoder(nnx.Module):
 
 def init_model(cfg: ModelConfig, *, seed: int = 0, **kwargs: Any) -> Decoder:
   """A randomly initialised `Decoder` (kwargs: dtype, param_dtype, remat, attention_impl, attention_chunk,
-  vocab_chunk)."""
+  vocab_chunk, scan_unroll)."""
   return Decoder(cfg, rngs=nnx.Rngs(seed), **kwargs)

@@ -22,9 +22,9 @@ def last_token_states(model: Decoder, prompt_ids, prompt_mask, *, layer: int) ->
   """HF `hidden_states[layer]` at each prompt variant's last real token: `[B, L, P]` → `[B, L, hidden]`."""
   b, num_langs, p = prompt_ids.shape
   ids, mask = prompt_ids.reshape(b * num_langs, p), prompt_mask.reshape(b * num_langs, p)
-  hidden = model.hidden_state_at(ids, mask, layer=layer)
   last = jnp.maximum(mask.sum(-1) - 1, 0)
-  return jnp.take_along_axis(hidden, last[:, None, None], axis=1)[:, 0].reshape(b, num_langs, -1)
+  # (the last block runs its queries and MLP at that token only)
+  return model.hidden_state_at(ids, mask, layer=layer, at=last[:, None])[:, 0].reshape(b, num_langs, -1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,9 +53,10 @@ class Mlc(Section):
     return Extractor(model_cfg.hidden_size, self.extractor_dim, rngs=nnx.Rngs(seed),
                      param_dtype=param_dtype)
 
-  def term(self, policy, batch, apply: jax.Array, prompt_state: jax.Array | None = None
+  def term(self, policy, batch, apply: jax.Array | bool, prompt_state: jax.Array | None = None
            ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(weight · L_cons, metrics) for one micro-batch; zero where `apply` (a traced bool) is False.
+    """(weight · L_cons, metrics) for one micro-batch; zero where `apply` (a traced bool, or Python `True`: always,
+    without a `lax.cond`) is False.
 
     `policy` has `.model` (a `Decoder`) and `.extractor`; `batch` holds `prompt_ids`, `prompt_mask` `[B, L, P]`, or
     with `shared_variant` `[B]` the L - 1 variants other than each pair's own prompt, whose representation is then
@@ -74,8 +75,11 @@ class Mlc(Section):
       return (mlc_loss.consistency_loss(z, tau=self.tau, normalize=self.normalize),
               jax.lax.stop_gradient(mlc_loss.sigma1_share(z).mean()))
 
-    loss, share = jax.lax.cond(apply, consistency, lambda: (jnp.float32(0.0), jnp.float32(0.0)))
-    return self.weight * loss, dict(mlc_loss=loss, sigma1_share=share, mlc_applied=apply.astype(jnp.float32))
+    if apply is True:
+      loss, share = consistency()
+    else:
+      loss, share = jax.lax.cond(apply, consistency, lambda: (jnp.float32(0.0), jnp.float32(0.0)))
+    return self.weight * loss, dict(mlc_loss=loss, sigma1_share=share, mlc_applied=jnp.asarray(apply, jnp.float32))
 
   def step_flops(self, model_cfg: ModelConfig, shapes: dict[str, tuple[int, ...]]) -> float:
     """Analytic model FLOPs of the term (forward and backward) on prompt variants `[B, L, P]`: the blocks up to the

@@ -70,7 +70,7 @@ def loss_fn(policy, ref_model, batch, apply_mlc, objective: Objective, mlc: Mlc 
     policy: `Policy` (model + extractor) being trained.
     ref_model: the frozen initial model (reference='frozen_copy'), or None when the batch carries the precomputed
       values (`ref_*`) or the objective needs none.
-    apply_mlc: traced bool, whether this step adds the MLC term.
+    apply_mlc: whether this step adds the MLC term: a traced bool, or Python `True` when every step does.
     mlc: the MLC section when the term is enabled, else None.
     num_languages: the number of pair languages `batch['pair_language']` indexes (0: no per-language metrics).
   """
@@ -125,7 +125,7 @@ def make_train_step(spec: TrainStateSpec, objective: Objective, mlc: Mlc | None,
   aux_every = mlc.aux_every if mlc is not None else 1
 
   def train_step(state: TrainState, batch):
-    apply_mlc = (state.step % aux_every) == 0
+    apply_mlc = True if aux_every == 1 else (state.step % aux_every) == 0  # (True: no `lax.cond` around the term)
     ref_model = None if state.ref_params is None else policy_def.merge_model(state.ref_params)
 
     def micro_loss(params, micro_batch):
