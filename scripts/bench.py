@@ -79,7 +79,8 @@ def model_config(eos_id: int = EOS_ID, pad_id: int = PAD_ID):
 def run_config(with_mlc: bool, shape: Shape, lr: float, overrides=()):
   from mlc_jax.config import RunConfig, apply_overrides, base_config
   c = apply_overrides(base_config(), [
-      "model.remat=none", f"mlc.enabled={with_mlc}", "mlc.aux_every=1", "mlc.extractor_dim=512",
+      "model.remat=none", f"model.scan_unroll={model_config().num_layers}", f"mlc.enabled={with_mlc}",
+      "mlc.aux_every=1", "mlc.extractor_dim=512",
       f"train.batch_size={shape.batch}", "train.grad_accum=1", "mesh.shape=(1,1,1)", f"optim.lr={lr}",
       "optim.schedule=constant", "optim.weight_decay=0.0", "optim.clip_norm=1.0", "reference=precomputed",
       f"data.max_prompt_len={shape.prompt_len}", f"data.max_response_len={shape.response_len}",

@@ -31,6 +31,14 @@ def forward_flops(cfg: ModelConfig, seq_len: int, *, num_blocks: int | None = No
   return len(sliding) * per_token * seq_len + attention + 2 * d * cfg.vocab_size * head_positions
 
 
+def block_flops_at(cfg: ModelConfig, seq_len: int, queries: int) -> int:
+  """FLOPs of one block computing its output at `queries` positions only (`Decoder.hidden_states(at=…)`): keys and
+  values at all `seq_len` positions, queries, output projection and MLP at `queries`, each query against every key."""
+  d, h, n, k = cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads
+  at_queries = 2 * d * h * 2 * n + 2 * 3 * d * cfg.intermediate_size
+  return 2 * d * h * 2 * k * seq_len + queries * (at_queries + 4 * n * h * seq_len)
+
+
 def training_flops(forward: float) -> float:
   """Forward and backward: 3 × the forward (the backward computes gradients of activations and of weights)."""
   return 3.0 * forward

@@ -83,10 +83,12 @@ class Mlc(Section):
 
   def step_flops(self, model_cfg: ModelConfig, shapes: dict[str, tuple[int, ...]]) -> float:
     """Analytic model FLOPs of the term (forward and backward) on prompt variants `[B, L, P]`: the blocks up to the
-    representation layer and the extractor at one position per variant (and at the shared variant's)."""
+    representation layer (the last of them at the last token only) and the extractor at one position per variant
+    (and at the shared variant's)."""
     b, num_langs, p = shapes["prompt_ids"]
-    blocks = flops.forward_flops(model_cfg, p, num_blocks=min(self.representation_layer(model_cfg),
-                                                               model_cfg.num_layers))
+    layer = self.representation_layer(model_cfg)
+    blocks = (flops.forward_flops(model_cfg, p, num_blocks=layer - 1) + flops.block_flops_at(model_cfg, p, 1)
+              if layer else 0)
     extractor = 2 * model_cfg.hidden_size * self.extractor_dim * (num_langs + ("shared_variant" in shapes))
     return b * flops.training_flops(num_langs * blocks + extractor)
 

@@ -5,7 +5,7 @@ import pytest
 from flax import nnx
 
 from mlc_jax.models import Decoder, get_preset
-from mlc_jax.models.flops import forward_flops
+from mlc_jax.models.flops import block_flops_at, forward_flops
 
 CFG = get_preset("tiny", hidden_size=256, intermediate_size=1024, num_heads=4, num_kv_heads=2, head_dim=64,
                  vocab_size=2048, num_layers=1)
@@ -20,6 +20,15 @@ def test_forward_flops_match_xla_on_one_layer(seq_len):
   masked = 4 * CFG.num_heads * CFG.head_dim * (seq_len**2 - seq_len * (seq_len + 1) // 2)
   assert forward_flops(CFG, seq_len, head_positions=seq_len) + masked == pytest.approx(xla, rel=0.03)
   assert forward_flops(CFG, seq_len, head_positions=seq_len, full_attention=True) == pytest.approx(xla, rel=0.03)
+
+
+@pytest.mark.parametrize("queries", [1, 5])
+def test_a_block_at_some_positions_matches_xla(queries):
+  model = Decoder(CFG, rngs=nnx.Rngs(0))
+  ids, at = jnp.zeros((1, 64), jnp.int32), jnp.zeros((1, queries), jnp.int32)
+  xla = jax.jit(lambda ids: model.hidden_states(ids, at=at)).lower(ids).compile().cost_analysis()["flops"]
+  assert block_flops_at(CFG, 64, queries) == pytest.approx(xla, rel=0.03)
+  assert block_flops_at(CFG, 64, 64) == forward_flops(CFG, 64, full_attention=True)
 
 
 def test_sliding_window_and_partial_forward():
@@ -44,5 +53,5 @@ def test_step_flops_are_three_forwards_per_trained_sequence():
   assert step_flops(run("reference=frozen_copy"), CFG, pair, mlc_share=1.0) == dpo + 2 * 2 * (one + head)
   mlc = RunConfig.parse(apply_overrides(base_config(), ["mlc.extractor_dim=8"]))
   shapes = {**pair, "prompt_ids": (2, 4, p)}
-  term = 2 * 4 * 3 * (forward_flops(CFG, p) + 2 * CFG.hidden_size * 8)
+  term = 2 * 4 * 3 * (block_flops_at(CFG, p, 1) + 2 * CFG.hidden_size * 8)  # (one layer: the last, at one token)
   assert step_flops(mlc, CFG, shapes, mlc_share=0.5) == dpo + term / 2
