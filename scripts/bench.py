@@ -118,7 +118,7 @@ class JaxSide:
 
     self.setting, self.model_cfg = setting, model_cfg or model_config()
     self.run = run_config(setting == "mlc", shape, lr, overrides)
-    self.data = data = dataclasses.replace(data, layout=self.run.objective.row_layout(self.run))  # (data.pack_pairs)
+    self.data = data = self.run.objective.arrange(self.run, data)  # (data.pack_pairs, the shared MLC variant)
     self.mesh = make_mesh(self.run.mesh.shape, devices=jax.devices()[:1])
     spec = abstract_train_state(self.run, self.model_cfg, self.mesh, total_steps=10_000)
     self.state = init_train_state(spec, self.run)

@@ -71,7 +71,7 @@ def micro_batch(run, spec) -> dict[str, jax.ShapeDtypeStruct]:
   else:
     batch = _int32(layout.max_shapes(b, limits.max_prompt_len, limits.max_response_len))
   if run.mlc.enabled:
-    shared = layout is not None and layout.shared_variant  # (when the data's variants match, as they usually do)
+    shared = objective.shares_variant(run)  # (when the data's variants match, as they usually do)
     shape = (b, num_languages(run) - shared, run.data.mlc_prompt_len)
     batch.update(prompt_ids=jax.ShapeDtypeStruct(shape, jnp.int32), prompt_mask=jax.ShapeDtypeStruct(shape, jnp.int32))
     if shared:

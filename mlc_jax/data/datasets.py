@@ -2,7 +2,7 @@
 
 A `DataKind` turns a run's `data` section (`mlc_jax.config.sections.DataSection`) and a tokenizer into a
 tokenized dataset (`TokenizedData`, `MpoTokenizedData`, `PromptOnlyData`) that the input pipeline batches by its
-`batch_keys`; pairs carry the run's `layout` (how the pipeline packs them, `Objective.row_layout`).
+`batch_keys`; pairs carry the run's arrangement (how the pipeline packs them, `Objective.arrange`).
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def _load_preference_pairs(run, tokenizer) -> tokenized.TokenizedData:
     raise ConfigError(f"data: {e}") from e
   print(f"data: {len(examples)} pairs, languages {', '.join(langs)}")
   pairs = tokenized.tokenize_examples(examples, tokenizer, data.limits)
-  return dataclasses.replace(pairs, layout=run.objective.row_layout(run))
+  return run.objective.arrange(run, pairs)
 
 
 def _check_mpo_pairs(data):
@@ -68,7 +68,7 @@ def _load_mpo_pairs(run, tokenizer) -> tokenized.MpoTokenizedData:
   except (OSError, ValueError) as e:
     raise ConfigError(f"data: {e}") from e
   pairs = tokenized.tokenize_mpo(examples, tokenizer, data.limits)
-  pairs = dataclasses.replace(pairs, layout=run.objective.row_layout(run))
+  pairs = run.objective.arrange(run, pairs)
   count = lambda codes, which: ", ".join(f"{code} {int((which == i).sum())}" for i, code in enumerate(codes))
   print(f"data: {len(pairs)} MPO pairs from {data.name}; dominant languages "
         f"{count(pairs.dominant_languages, pairs.dominant_language)}; target languages "

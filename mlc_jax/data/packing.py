@@ -51,16 +51,13 @@ class RowLayout:
   """How a batch of pairs is packed (see the module docstring).
 
   sides: the sequences laid out; scored: those whose response tokens are scored (a subset);
-  pairs_per_row: g; multiple: row and score lengths are rounded up to a multiple of it;
-  shared_variant: the MLC prompt variant in the pair's own language is dropped from `prompt_ids` where it is the
-    pair's prompt token for token; its representation is read from the pair's row (`shared_variant` `[B]` says which).
+  pairs_per_row: g; multiple: row and score lengths are rounded up to a multiple of it.
   """
 
   sides: tuple[str, ...]
   scored: tuple[str, ...]
   pairs_per_row: int = 1
   multiple: int = 64
-  shared_variant: bool = False
 
   def __post_init__(self):
     if not set(self.scored) <= set(self.sides):

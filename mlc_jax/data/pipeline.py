@@ -2,12 +2,12 @@
 
 Order of operations (a `grain.MapDataset`, so every position is addressable and resumable):
   range(N) → shuffle(seed) → repeat forever (reshuffled each epoch) → gather the tokenized rows →
-  batch(global batch) → pack the pairs into rows (when the data has a `layout`) or trim them to the smallest length
-  bucket that holds the batch → trim the MLC variants likewise → keep this process's rows.
+  batch(global batch) → drop the MLC variant that is each pair's own prompt (when the data has `share_variant`) →
+  pack the pairs into rows (when the data has a `layout`) or trim them to the smallest length bucket that holds the
+  batch → trim the MLC variants likewise → keep this process's rows.
 
 Packing (`data.pack_pairs`, `mlc_jax.data.packing`) replaces the pairs' `[B, T]` arrays by rows holding each pair's
-prompt once and `pack_pairs` pairs per row, reorders the batch's examples so that the rows come out balanced, and
-(with `RowLayout.shared_variant`) drops the MLC variant that is the pair's own prompt.
+prompt once and `pack_pairs` pairs per row and reorders the batch's examples so that the rows come out balanced.
 
 Every process builds the same global batch and picks the bucket from all of its rows, so all hosts agree on
 shapes; process p keeps rows `[p·B/P, (p+1)·B/P)`. A batch may straddle an epoch boundary (the stream is
@@ -101,9 +101,9 @@ def batch_iterator(data, global_batch_size: int, *, seed: int, shuffle: bool = T
   ds = (ds.repeat(None)
         .map(lambda i: {k: a[i] for k, a in arrays.items()})
         .batch(global_batch_size, drop_remainder=True))
+  if getattr(data, "share_variant", False) and data.variants_match_pair_prompts:
+    ds = ds.map(drop_shared_variant)
   if layout is not None:
-    if layout.shared_variant and data.variants_match_pair_prompts:
-      ds = ds.map(drop_shared_variant)
     # Each process's examples are packed into rows of their own (the same shapes on every process).
     ds = ds.map(functools.partial(packing.pack, layout=layout, groups=process_count))
   ds = (ds.map(functools.partial(trim_to_buckets, pair_buckets=pair_buckets, prompt_buckets=prompt_buckets))

@@ -53,7 +53,8 @@ class PairArrays:
   """The chosen and rejected sequences of N pairs, `[N, T]` int32 each (see `TokenizedData`).
 
   `layout`: how the input pipeline packs batches (`packing.RowLayout`, set from the run by the data kind's loader),
-  None for the plain `[B, T]` sequences. The per-example trees `{prefix}tree_*` of `packing.tree_arrays` are
+  None for the plain `[B, T]` sequences; `share_variant`: whether it drops each example's MLC prompt variant in its
+  pair language where that is the pair's prompt (`Objective.shares_variant`, `pipeline.drop_shared_variant`). The per-example trees `{prefix}tree_*` of `packing.tree_arrays` are
   attributes too (computed on first use), so the reference precompute reads them like any other array.
   """
 
@@ -64,6 +65,7 @@ class PairArrays:
   rejected_mask: np.ndarray
   rejected_loss_mask: np.ndarray
   layout: packing.RowLayout | None = dataclasses.field(default=None, kw_only=True)
+  share_variant: bool = dataclasses.field(default=False, kw_only=True)
 
   def __len__(self) -> int:
     return self.chosen_ids.shape[0]
@@ -161,7 +163,7 @@ class TokenizedData(PairArrays):
   @property
   def variants_match_pair_prompts(self) -> bool:
     """Whether every example's prompt variant in its pair language is its pair's prompt, token for token (then the
-    pair's prompt gives that variant's MLC representation, `packing.RowLayout.shared_variant`)."""
+    pair's prompt gives that variant's MLC representation, `share_variant`)."""
     if "_variants_match" not in self.__dict__:
       trees, n = self.trees(), len(self)
       variant_ids = self.prompt_ids[np.arange(n), self.pair_language]
@@ -397,5 +399,6 @@ def total_tokens(batch: dict[str, np.ndarray]) -> int:
   pairs count as their unpacked sequences would (`packing.real_tokens`)."""
   packed = packing.real_tokens(batch) if "rows_segments" in batch else 0
   if "shared_variant" in batch:  # the variants read from the pairs' prompts: as long as those
-    packed += packing.prompt_tokens(batch)
+    packed += (packing.prompt_tokens(batch) if "rows_segments" in batch
+               else int(np.argmax(batch["chosen_loss_mask"], axis=1).sum()))
   return packed + int(sum(v.sum() for k, v in batch.items() if k.endswith("_mask") and not k.endswith("_loss_mask")))

@@ -95,8 +95,8 @@ def sequence_stats(model: Decoder, batch, sides: tuple[str, ...], *, logps_of: t
 
   Returns `{side}_sum` and `{side}_mean` `[B]` (summed and per-token average response log-probs) for the
   sides in `logps_of`, and `{side}_pool` `[B, hidden]` (final hidden states mean-pooled, see `mpo.mean_pool`) for
-  those in `pool_of`; from packed rows also `prompt_state` `[B, hidden]`, the final hidden state at each pair's last
-  prompt token (the MLC representation of its shared variant).
+  those in `pool_of`; with `shared_variant` in the batch also `prompt_state` `[B, hidden]`, the final hidden state at
+  each pair's last prompt token (the MLC representation of its own-language variant, `Objective.shares_variant`).
   """
   prefix = packing.tree_prefixes(sides)[0] if all(_is_pair_side(side) for side in sides) else None
   if prefix is not None and f"{prefix}tree_ids" in batch:
@@ -173,6 +173,10 @@ def _plain_stats(model: Decoder, batch, sides, logps_of, pool_of, pool_padding) 
       out[f"{side}_sum"], out[f"{side}_mean"] = rows(summed, side), rows(mean, side)
   for side in pool_of:
     out[f"{side}_pool"] = mpo.mean_pool(rows(hidden, side), rows(mask, side), include_padding=pool_padding)
+  if "shared_variant" in batch:  # (a pair's sequence: its prompt, then its response from loss_mask's first 1 on)
+    side = next(side for side in sides if side in packing.BRANCHES)
+    prompt_last = jnp.argmax(batch[f"{side}_loss_mask"], axis=1) - 1
+    out["prompt_state"] = logps.gather_positions(rows(hidden, side), prompt_last[:, None])[:, 0]
   return out
 
 
@@ -208,17 +212,25 @@ class Objective(Section):
 
   def row_layout(self, run) -> packing.RowLayout | None:
     """How the input pipeline packs this run's pairs (None: plain sequences). The response tokens of the logp sides
-    are scored, and those of the reference sides when the frozen model runs live; with the MLC term reading the
-    final-norm output, the variant that is the pair's own prompt is taken from the pair's row."""
+    are scored, and those of the reference sides when the frozen model runs live."""
     if not self.pairs_packed(run):
       return None
     scored = (*self.logp_sides, *(self.reference_sides if self.live_reference(run) else ()))
-    mlc = run.mlc
-    shared = mlc.enabled and "" in packing.tree_prefixes(self.sides) and (
-        mlc.layer in (-1, run.architecture().num_layers))
     return packing.RowLayout(self.sides, tuple(dict.fromkeys(s for s in self.sides if s in scored)),
-                             pairs_per_row=run.data.pack_pairs, multiple=run.data.pack_multiple,
-                             shared_variant=shared)
+                             pairs_per_row=run.data.pack_pairs, multiple=run.data.pack_multiple)
+
+  def shares_variant(self, run) -> bool:
+    """Whether the MLC term takes the representation of each pair's own-language prompt variant from the pair's
+    forward (the final hidden state at its last prompt token, packed or plain) instead of running that variant
+    again: when the term reads the final-norm output and a side holds the pair's prompt. The pipeline drops the
+    variant only where the data's variants are those prompts (`TokenizedData.variants_match_pair_prompts`)."""
+    mlc = run.mlc
+    return (mlc.enabled and any(side in packing.BRANCHES for side in self.sides)
+            and mlc.layer in (-1, run.architecture().num_layers))
+
+  def arrange(self, run, data):
+    """`data` (a `PairArrays`) arranged for this run's input pipeline: its `row_layout` and `shares_variant`."""
+    return dataclasses.replace(data, layout=self.row_layout(run), share_variant=self.shares_variant(run))
 
   @property
   def reference_cache_name(self) -> str:

@@ -102,11 +102,15 @@ def test_each_process_packs_its_own_examples(data):
   assert sorted(np.concatenate([p["index"] for p in parts])) == sorted(whole["index"])
 
 
-def test_the_shared_variant_is_dropped_from_the_prompt_variants(data):
+@pytest.mark.parametrize("packed", [True, False])
+def test_the_shared_variant_is_dropped_from_the_prompt_variants(data, packed):
   assert data.variants_match_pair_prompts
-  layout = packing.RowLayout(SIDES, SIDES, shared_variant=True)
-  batch = next(pipeline.batch_iterator(dataclasses.replace(data, layout=layout), 4, seed=0))
+  layout = packing.RowLayout(SIDES, SIDES) if packed else None
+  batch = next(pipeline.batch_iterator(dataclasses.replace(data, layout=layout, share_variant=True), 4, seed=0))
   assert batch["prompt_ids"].shape[1] == len(data.languages) - 1
+  if not packed:  # the plain step reads the variant's representation at the token before the response
+    own = data.prompt_mask[batch["index"], data.pair_language[batch["index"]]].sum(-1)
+    np.testing.assert_array_equal(np.argmax(batch["chosen_loss_mask"], axis=1), own)
   np.testing.assert_array_equal(batch["shared_variant"], batch["pair_language"])
   for b, i in enumerate(batch["index"]):
     others = [lang for lang in range(len(data.languages)) if lang != data.pair_language[i]]

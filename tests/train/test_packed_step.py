@@ -24,9 +24,11 @@ PAIR_BASES = [name for name, cls in OBJECTIVES.items() if cls.data_kind is PREFE
 
 
 
-def plain_and_packed(data, layout, batch_size=4, seed=0):
-  """One batch of `data` packed with `layout`, and the same examples (in the packed order) as plain sequences."""
-  packed = next(pipeline.batch_iterator(dataclasses.replace(data, layout=layout), batch_size, seed=seed))
+def plain_and_packed(data, layout, batch_size=4, seed=0, share_variant=False):
+  """One batch of `data` arranged with `layout` (None: plain sequences) and `share_variant`, and the same examples
+  (in its order) as plain sequences with every prompt variant."""
+  packed = next(pipeline.batch_iterator(dataclasses.replace(data, layout=layout, share_variant=share_variant),
+                                        batch_size, seed=seed))
   order = packed["index"]
   plain = {k: v[order] for k, v in next(pipeline.batch_iterator(data, len(data), seed=0, shuffle=False)).items()}
   return plain, packed
@@ -85,17 +87,20 @@ def test_mpo_sides_with_two_trees_per_pair():
   assert_trees_close({k: got[k] for k in dominant}, dominant)
 
 
-@pytest.mark.parametrize("base", ["sft", "dpo", "simpo"])  # chosen only; summed with a reference; averaged, none
-def test_loss_and_gradients_with_mlc_equal_the_plain_step(base):
-  """The MLC term's variant in the pair language comes from the pair's prompt (`shared_variant`): same loss."""
+# sft: chosen only; dpo: summed, with a reference; simpo: averaged, none; packed 2 pairs a row, or plain sequences
+@pytest.mark.parametrize("base,pack_pairs", [("sft", 2), ("dpo", 2), ("simpo", 2), ("sft", 0), ("dpo", 0)])
+def test_loss_and_gradients_with_mlc_equal_the_plain_step(base, pack_pairs):
+  """The MLC term's variant in the pair language comes from the pair's prompt (`shared_variant`), in packed rows or
+  plain sequences: the same loss and gradients as running every variant."""
   config = small_config(f"objective.name={base}", "objective.ipo.beta=0.5", "data.max_response_len=40",
-                        "data.pack_pairs=2", "reference=precomputed")
+                        f"data.pack_pairs={pack_pairs}", "reference=precomputed")
   run, spec, state = model_of(config)
+  assert run.objective.shares_variant(run)
   layout = run.objective.row_layout(run)
-  assert layout.shared_variant and layout.pairs_per_row == 2
+  assert (layout is None) if pack_pairs == 0 else layout.pairs_per_row == 2
   data = tokenized_builtin(config)
-  plain, packed = plain_and_packed(data, layout)
-  assert packed["prompt_ids"].shape[1] == plain["prompt_ids"].shape[1] - 1
+  plain, packed = plain_and_packed(data, layout, share_variant=True)
+  assert packed["prompt_ids"].shape[1] == plain["prompt_ids"].shape[1] - 1 and "shared_variant" in packed
   rng = np.random.default_rng(0)
   reference = {f"ref_{k}": -rng.uniform(20, 80, 4).astype(np.float32) for k in run.objective.reference_keys}
 
@@ -131,11 +136,10 @@ def test_training_steps_equal_the_plain_steps():
   overrides = ("train.grad_accum=2", "mlc.aux_every=1", "data.max_response_len=40")
   config = small_config(*overrides, "data.pack_pairs=2")
   run = RunConfig.parse(config)
-  assert run.objective.live_reference(run) and run.objective.row_layout(run).shared_variant
+  assert run.objective.live_reference(run) and run.objective.shares_variant(run)
   data = tokenized_builtin(config)
   mesh = make_mesh((1, 2, 1), devices=jax.devices()[:2])
-  params, history = train_in_process(config, mesh, steps=2,
-                                     data=dataclasses.replace(data, layout=run.objective.row_layout(run)))
+  params, history = train_in_process(config, mesh, steps=2, data=run.objective.arrange(run, data))
   ref_params, ref_history = train_in_process(small_config(*overrides), mesh, steps=2, data=data)
   for ours, ref in zip(history, ref_history):
     for key in ("loss", "dpo_loss", "mlc_loss", "grad_norm"):
