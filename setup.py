@@ -39,6 +39,7 @@ setup(
         "tpu": ["libtpu==0.0.42.*"],
         # gs:// workdirs (docs/training.md, "Workdirs on Cloud Storage"): epath reaches GCS through fsspec's gcsfs.
         "gcs": ["etils[epath-gcs]"],
-        "test": ["pytest>=8", "torch==2.13.0", "mpmath", "libtpu==0.0.42.*"],
+        # pytest-xdist: scripts/test.sh runs the suite in two worker processes (both cores of a CI machine).
+        "test": ["pytest>=8", "pytest-xdist>=3.2", "torch==2.13.0", "mpmath", "libtpu==0.0.42.*"],
     },
 )

@@ -4,6 +4,8 @@
   python scripts/experiment_transfer.py --out runs/transfer_quick --quick   # 1 seed, fewer steps, about 5 minutes
   python scripts/experiment_transfer.py --out runs/transfer_select --select # the validation sweep behind the settings
 
+--sft_steps, --align_steps and --eval_limit override the mode's budget (CI runs --quick smaller still).
+
 Reads ../shared/data (MultiJail) only. Rerunning a command continues where it stopped (finished runs and
 evaluations are kept). OUT/results.md has the table, OUT/safety_by_language.png and
 OUT/consistency/sigma1_share_by_layer.png the plots.
@@ -26,6 +28,9 @@ def main(argv=None) -> int:
   parser.add_argument("--benign_share", type=float, default=None,
                       help="share of benign pairs in the alignment data (default 0.3, chosen on validation; 0 = "
                            "harmful prompts only, as in the MLC paper's PKU-SafeRLHF pairs)")
+  for key, what in (("sft_steps", "steps of the misaligned start's SFT"), ("align_steps", "steps of each alignment run"),
+                    ("eval_limit", "test prompts evaluated per language")):
+    parser.add_argument(f"--{key}", type=int, default=None, help=f"{what} (default: the mode's)")
   parser.add_argument("--manual_dir", default=os.path.join(ROOT, "..", "shared", "data"),
                       help="the folder with the MultiJail CSV (TFDS manual_dir)")
   parser.add_argument("--data_dir", default="", help="TFDS data_dir ('' = TFDS's default)")
@@ -38,6 +43,12 @@ def main(argv=None) -> int:
     if not 0 <= args.benign_share < 1:
       parser.error(f"--benign_share {args.benign_share}: must be in [0, 1)")
     setting = dataclasses.replace(setting, benign_share=args.benign_share)
+  for key in ("sft_steps", "align_steps", "eval_limit"):
+    value = getattr(args, key)
+    if value is not None:
+      if value < 1:
+        parser.error(f"--{key} {value}: must be a positive number")
+      budget = dataclasses.replace(budget, **{key: value})
 
   def body():
     if args.select:

@@ -75,22 +75,26 @@ def test_a_language_without_benign_prompts_is_named():
                              benign_sizes={"test": 4}, manual_dir="")
 
 
+EVAL_LIMIT = 4  # (the pipeline, not the outcome: --quick with fewer steps and prompts)
+
+
 def test_the_quick_experiment_runs_and_its_outputs_agree(tmp_path):
   out = tmp_path / "quick"
   env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": str(ROOT)}
   done = subprocess.run([sys.executable, str(ROOT / "scripts" / "experiment_transfer.py"), "--out", str(out),
-                         "--quick", "--manual_dir", str(SHARED_DATA), "--data_dir", str(tmp_path / "tfds")],
+                         "--quick", "--sft_steps", "12", "--align_steps", "6", "--eval_limit", str(EVAL_LIMIT),
+                         "--manual_dir", str(SHARED_DATA), "--data_dir", str(tmp_path / "tfds")],
                         capture_output=True, text=True, env=env, timeout=840)
   assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
   results = json.loads((out / "results.json").read_text())
-  setting, budget = transfer.SETTINGS["multijail"], transfer.BUDGETS["quick"]
+  setting = transfer.SETTINGS["multijail"]
   assert set(results["models"]) == {"start", "dpo-s0", "dpo_mlc-s0"}
   for name, evals in results["models"].items():
     harmful, benign = evals["harmful"], evals["benign"]
     assert harmful["languages"] == list(setting.languages) and harmful["unseen"]["languages"] == ["it", "vi", "ko",
                                                                                                    "th", "jv"]
-    assert all(v["n"] == budget.eval_limit for v in harmful["per_language"].values())
-    assert all(v["n"] == setting.benign_sizes["test"] for v in benign["per_language"].values())
+    assert all(v["n"] == EVAL_LIMIT for v in harmful["per_language"].values())
+    assert all(v["n"] == min(EVAL_LIMIT, setting.benign_sizes["test"]) for v in benign["per_language"].values())
     method = name.split("-")[0]
     agg = results["results"][method]
     assert agg["mean_safety_rate"]["mean"] == pytest.approx(harmful["mean_safety_rate"])
@@ -99,7 +103,7 @@ def test_the_quick_experiment_runs_and_its_outputs_agree(tmp_path):
                                                                      for x in setting.languages]))
   # every response in the generations was judged, and the judged rates are what summary.json says
   records = [json.loads(line) for line in open(out / "eval" / "dpo_mlc-s0" / "harmful" / "verdicts.jsonl")]
-  assert len(records) == budget.eval_limit * len(setting.languages)
+  assert len(records) == EVAL_LIMIT * len(setting.languages)
   sw = [r for r in records if r["lang"] == "sw"]
   assert results["models"]["dpo_mlc-s0"]["harmful"]["per_language"]["sw"]["safety_rate"] == pytest.approx(
       sum(r["label"] == "safe" for r in sw) / len(sw))
