@@ -17,6 +17,9 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+# Flags that override a field of the mode's `transfer.Budget`, with their help.
+BUDGET_FLAGS = {"sft_steps": "steps of the misaligned start's SFT", "align_steps": "steps of each alignment run",
+                "eval_limit": "test prompts evaluated per language"}
 
 
 def main(argv=None) -> int:
@@ -28,8 +31,7 @@ def main(argv=None) -> int:
   parser.add_argument("--benign_share", type=float, default=None,
                       help="share of benign pairs in the alignment data (default 0.3, chosen on validation; 0 = "
                            "harmful prompts only, as in the MLC paper's PKU-SafeRLHF pairs)")
-  for key, what in (("sft_steps", "steps of the misaligned start's SFT"), ("align_steps", "steps of each alignment run"),
-                    ("eval_limit", "test prompts evaluated per language")):
+  for key, what in BUDGET_FLAGS.items():
     parser.add_argument(f"--{key}", type=int, default=None, help=f"{what} (default: the mode's)")
   parser.add_argument("--manual_dir", default=os.path.join(ROOT, "..", "shared", "data"),
                       help="the folder with the MultiJail CSV (TFDS manual_dir)")
@@ -43,9 +45,11 @@ def main(argv=None) -> int:
     if not 0 <= args.benign_share < 1:
       parser.error(f"--benign_share {args.benign_share}: must be in [0, 1)")
     setting = dataclasses.replace(setting, benign_share=args.benign_share)
-  for key in ("sft_steps", "align_steps", "eval_limit"):
+  for key in BUDGET_FLAGS:
     value = getattr(args, key)
     if value is not None:
+      if args.select:
+        parser.error(f"--{key}: the validation sweep (--select) has its own budget")
       if value < 1:
         parser.error(f"--{key} {value}: must be a positive number")
       budget = dataclasses.replace(budget, **{key: value})

@@ -54,8 +54,9 @@ class PairArrays:
 
   `layout`: how the input pipeline packs batches (`packing.RowLayout`, set from the run by the data kind's loader),
   None for the plain `[B, T]` sequences; `share_variant`: whether it drops each example's MLC prompt variant in its
-  pair language where that is the pair's prompt (`Objective.shares_variant`, `pipeline.drop_shared_variant`). The per-example trees `{prefix}tree_*` of `packing.tree_arrays` are
-  attributes too (computed on first use), so the reference precompute reads them like any other array.
+  pair language where that is the pair's prompt (`Objective.shares_variant`, `pipeline.drop_shared_variant`). The
+  per-example trees `{prefix}tree_*` of `packing.tree_arrays` are attributes too (computed on first use), so the
+  reference precompute reads them like any other array.
   """
 
   chosen_ids: np.ndarray
@@ -117,6 +118,11 @@ class PairArrays:
     return (*trees, *(k for k in self.batch_keys if k not in PAIR_KEYS and k not in DOMINANT_PAIR_KEYS))
 
 
+def prompt_lengths(loss_mask: np.ndarray) -> np.ndarray:
+  """`[N]`: the prompt tokens of each sequence `[N, T]`, those before its response (the first 1 of `loss_mask`)."""
+  return np.argmax(loss_mask, axis=-1)
+
+
 def scored_positions(loss_mask: np.ndarray, width: int) -> np.ndarray:
   """`[N, width]` int32: the positions t of each row `[N, T]` whose next token is scored (`loss_mask[:, t + 1]`),
   ascending, then zeros (a row has `loss_mask[:, 1:].sum(1)` of them): the LM head runs at these positions only."""
@@ -165,12 +171,12 @@ class TokenizedData(PairArrays):
     """Whether every example's prompt variant in its pair language is its pair's prompt, token for token (then the
     pair's prompt gives that variant's MLC representation, `share_variant`)."""
     if "_variants_match" not in self.__dict__:
-      trees, n = self.trees(), len(self)
+      n = len(self)
       variant_ids = self.prompt_ids[np.arange(n), self.pair_language]
       variant_len = self.prompt_mask[np.arange(n), self.pair_language].sum(-1)
-      prompt_len = trees["tree_prompt_last"] + 1
+      prompt_len = prompt_lengths(self.chosen_loss_mask)
       self.__dict__["_variants_match"] = bool(np.all(variant_len == prompt_len) and all(
-          np.array_equal(variant_ids[i, :prompt_len[i]], trees["tree_ids"][i, :prompt_len[i]]) for i in range(n)))
+          np.array_equal(variant_ids[i, :prompt_len[i]], self.chosen_ids[i, :prompt_len[i]]) for i in range(n)))
     return self.__dict__["_variants_match"]
 
 
@@ -400,5 +406,5 @@ def total_tokens(batch: dict[str, np.ndarray]) -> int:
   packed = packing.real_tokens(batch) if "rows_segments" in batch else 0
   if "shared_variant" in batch:  # the variants read from the pairs' prompts: as long as those
     packed += (packing.prompt_tokens(batch) if "rows_segments" in batch
-               else int(np.argmax(batch["chosen_loss_mask"], axis=1).sum()))
+               else int(prompt_lengths(batch["chosen_loss_mask"]).sum()))
   return packed + int(sum(v.sum() for k, v in batch.items() if k.endswith("_mask") and not k.endswith("_loss_mask")))

@@ -126,3 +126,13 @@ def test_a_missing_data_folder_is_one_error_line_and_writes_nothing(tmp_path):
   errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]  # (TFDS logs a line first)
   assert len(errors) == 1 and errors[0].startswith(f"error: multijail: Manual directory {tmp_path / 'nowhere'}")
   assert not out.exists()
+
+
+@pytest.mark.parametrize("argv,message", [(["--sft_steps", "0"], "--sft_steps 0: must be a positive number"),
+                                          (["--select", "--eval_limit", "3"], "--select) has its own budget")])
+def test_bad_budget_flags_are_one_error_line_and_write_nothing(tmp_path, capsys, argv, message):
+  sys.path.insert(0, str(ROOT / "scripts"))
+  import experiment_transfer
+  with pytest.raises(SystemExit) as exit_info:
+    experiment_transfer.main(["--out", str(tmp_path / "x"), *argv])
+  assert exit_info.value.code == 2 and message in capsys.readouterr().err and not (tmp_path / "x").exists()
