@@ -131,17 +131,20 @@ def make_train_step(spec: TrainStateSpec, objective: Objective, mlc: Mlc | None,
     def micro_loss(params, micro_batch):
       return loss_fn(policy_def.merge(params), ref_model, micro_batch, apply_mlc, objective, mlc, num_languages)
 
-    def micro(carry, micro_batch):
+    def micro_grads(micro_batch):
       (_, metrics), grads = jax.value_and_grad(micro_loss, has_aux=True)(state.params, micro_batch)
-      return jax.tree.map(jnp.add, carry, (grads, metrics)), None
+      return grads, metrics
 
-    zero_grads = jax.tree.map(jnp.zeros_like, state.params)
-    metric_shapes = jax.eval_shape(micro_loss, state.params, jax.tree.map(lambda x: x[0], batch))[1]
-    zero_metrics = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), metric_shapes)
+    def micro(carry, micro_batch):
+      return jax.tree.map(jnp.add, carry, micro_grads(micro_batch)), None
+
+    # The first micro-batch seeds the sums and a scan adds the others' in: with grad_accum=1 there is no loop and no
+    # zero-filled gradient tree to add to (a pass over every parameter less).
     accum = jax.tree.leaves(batch)[0].shape[0]
-    (grads, metrics), _ = jax.lax.scan(micro, (zero_grads, zero_metrics), batch)
-    grads = jax.tree.map(lambda g: g / accum, grads)
-    metrics = jax.tree.map(lambda m: m / accum, metrics)
+    sums = micro_grads(jax.tree.map(lambda x: x[0], batch))
+    if accum > 1:
+      sums, _ = jax.lax.scan(micro, sums, jax.tree.map(lambda x: x[1:], batch))
+    grads, metrics = jax.tree.map(lambda x: x / accum, sums) if accum > 1 else sums
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics.update(grad_norm=optax.tree.norm(grads), lr=schedule(state.step))
