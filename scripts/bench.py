@@ -7,9 +7,11 @@ the median step time, preference-pair tokens/s and MFU = analytic model FLOPs pe
 FLOPs are the ones training logs (`Objective.step_flops`, `Mlc.step_flops`, mlc_jax/models/flops.py) and the peak is
 the fp32 matmul FLOP/s measured on the same machine (best of a large `jnp.dot` and a large `torch.mm`).
 
-Reference setting (all defaults): Llama, 8 layers, hidden 512, MLP 1408, 8 heads (8 kv heads, head_dim 64),
+Reference setting: Llama, 8 layers, hidden 512, MLP 1408, 8 heads (8 kv heads, head_dim 64),
 vocab 32000 (58.5M parameters), fp32, 4 pairs × 256 tokens (prompt 64 + response 192), AdamW (no weight decay,
-grad clip 1.0, constant lr), no gradient accumulation; MLC: 10 variants × 64 tokens per pair, extractor 512.
+grad clip 1.0, constant lr), no gradient accumulation; MLC: 10 variants × 64 tokens per pair, extractor 512. Two
+CPU choices on our side: the layer loop unrolled (`model.scan_unroll`) and the attention in blocks of 64 queries
+(`model.attention_chunk=64`).
 The batches come from the training path: random word texts tokenised by `tokenize_examples` with a 1:1 word
 tokenizer (`bench_trl.word_tokenizer`), the English variant being the pair's prompt, batched by the grain pipeline,
 reference log-probs precomputed by `reference.precompute`.
@@ -33,6 +35,7 @@ Run (about 8 minutes on the idle 2-core CPU; results in docs/benchmarks.md):
   .venv/bin/python scripts/bench.py --json runs/bench.json
   .venv/bin/python scripts/bench.py --setting dpo --skip_trl --rounds 1     # ours only, quick
   .venv/bin/python scripts/bench.py --skip_trl --rounds 1 --profile runs/trace # + one traced step, its top ops
+  .venv/bin/python scripts/bench.py --setting dpo --skip_trl --roofline      # + the matmuls alone: MFU's ceiling
   .venv/bin/python scripts/bench.py --data real --setting dpo --pairs 16 --steps 4 --warmup 4 --round_warmup 0
 """
 from __future__ import annotations
@@ -51,6 +54,7 @@ import numpy as np
 
 import bench_machine
 import bench_trl
+import matmul_roofline
 import trace_summary
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -79,8 +83,9 @@ def model_config(eos_id: int = EOS_ID, pad_id: int = PAD_ID):
 def run_config(with_mlc: bool, shape: Shape, lr: float, overrides=()):
   from mlc_jax.config import RunConfig, apply_overrides, base_config
   c = apply_overrides(base_config(), [
-      "model.remat=none", f"model.scan_unroll={model_config().num_layers}", f"mlc.enabled={with_mlc}",
-      "mlc.aux_every=1", "mlc.extractor_dim=512",
+      # (CPU choices: the layer loop unrolled, attention in blocks of 64 queries; measured in docs/benchmarks.md)
+      "model.remat=none", f"model.scan_unroll={model_config().num_layers}", "model.attention_chunk=64",
+      f"mlc.enabled={with_mlc}", "mlc.aux_every=1", "mlc.extractor_dim=512",
       f"train.batch_size={shape.batch}", "train.grad_accum=1", "mesh.shape=(1,1,1)", f"optim.lr={lr}",
       "optim.schedule=constant", "optim.weight_decay=0.0", "optim.clip_norm=1.0", "reference=precomputed",
       f"data.max_prompt_len={shape.prompt_len}", f"data.max_response_len={shape.response_len}",
@@ -159,16 +164,21 @@ class JaxSide:
       self.compile_s = warm[0]
     return {"times": [self._one() for _ in range(steps)], "warmup_times": warm}
 
+  def compiled_hlo(self, out_dir: str = "") -> str:
+    """The optimised HLO text of the compiled step (written to `out_dir`/compiled.hlo.txt when given)."""
+    from mlc_jax.train.step import device_batch
+    batch = device_batch(next(self.batches), self.mesh, reference=self.reference)
+    hlo = self.step.lower(self.state, batch).compile().as_text()
+    if out_dir:
+      os.makedirs(out_dir, exist_ok=True)
+      with open(os.path.join(out_dir, "compiled.hlo.txt"), "w") as f:
+        f.write(hlo)
+    return hlo
+
   def profile(self, trace_dir: str) -> str:
     """Traces one step into `trace_dir` (with the compiled HLO beside it) → the top-ops table."""
     import jax
-
-    from mlc_jax.train.step import device_batch
-    os.makedirs(trace_dir, exist_ok=True)
-    batch = device_batch(next(self.batches), self.mesh, reference=self.reference)
-    hlo = self.step.lower(self.state, batch).compile().as_text()
-    with open(os.path.join(trace_dir, "compiled.hlo.txt"), "w") as f:
-      f.write(hlo)
+    hlo = self.compiled_hlo(trace_dir)
     with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
       self._one()
     return trace_summary.summarize(trace_dir, hlo)
@@ -254,6 +264,8 @@ def main():
   p.add_argument("--xla_check", action="store_true", help="also compile for XLA's cost_analysis FLOPs")
   p.add_argument("--profile", default="", metavar="DIR",
                  help="after the rounds, trace one step of ours per setting into DIR/<setting> and print its top ops")
+  p.add_argument("--roofline", action="store_true",
+                 help="also time every matmul of our compiled step alone: the step's time at the kernels' speed")
   p.add_argument("--wait_idle", type=float, default=0.0,
                  help="first wait up to this many seconds for the machine to be idle (others' jobs skew timings)")
   p.add_argument("--workdir", default="", help="for the HF checkpoint, data and logs (default: a temp dir)")
@@ -396,8 +408,8 @@ def main():
           f"from the analytic FLOPs of each timed step's shapes")
   else:
     print(f"{peak_name} {peak / 1e9:.1f} GFLOP/s; tokens/s counts the 2·B·T = {timed_tokens[0]} preference-pair "
-          f"tokens per step; {', '.join(f'{s} {flops[s] / 1e9:.1f}' for s in settings)} GFLOP per step (analytic, "
-          "full attention matrix)")
+          f"tokens per step; {', '.join(f'{s} {flops[s] / 1e9:.1f}' for s in settings)} GFLOP per step (analytic: "
+          "the causal half of each attention matrix, the LM head where it runs)")
 
   xla = None
   if args.xla_check:
@@ -411,6 +423,14 @@ def main():
     print(f"\nours/{s}, one step traced into {os.path.join(args.profile, s)} (self time per instruction):\n"
           f"{profiles[s]}", flush=True)
 
+  roofline = {}
+  for s in settings if args.roofline else ():
+    hlo = ours[s].compiled_hlo()
+    roofline[s] = matmul_roofline.roofline(hlo, names=trace_summary.op_names(hlo))
+    step_s = next(r["median_step_s"] for r in rows if r["side"] == "ours" and r["setting"] == s)
+    print(f"\nours/{s}, every matmul of the compiled step timed alone (scripts/matmul_roofline.py):\n"
+          + matmul_roofline.report(roofline[s], step_s=step_s, flops=flops[s], peak=peak), flush=True)
+
   if args.json:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     result = dict(
@@ -420,7 +440,7 @@ def main():
                           os.path.relpath(os.path.abspath(sys.argv[0]), ROOT), *sys.argv[1:]]),
         args=vars(args), shape=dataclasses.asdict(shape), model=dataclasses.asdict(cfg), num_params=cfg.num_params(),
         peak_flops=peak, peak_detail=dict(jax_start=peak_jax, jax_end=peak_jax_end, torch=peak_torch), flops=flops,
-        rows=rows, xla=xla, compile_s={s: ours[s].compile_s for s in settings},
+        rows=rows, xla=xla, roofline=roofline, compile_s={s: ours[s].compile_s for s in settings},
         last_metrics={s: ours[s].last_metrics for s in settings},
         trl={s: {k: v for k, v in w.ready.items() if k not in ("ref_chosen", "ref_rejected")} for s, w in trl.items()},
         rounds={f"{side}/{s}": v for (side, s), v in rounds.items()})
