@@ -164,11 +164,15 @@ class JaxSide:
       self.compile_s = warm[0]
     return {"times": [self._one() for _ in range(steps)], "warmup_times": warm}
 
-  def compiled_hlo(self, out_dir: str = "") -> str:
-    """The optimised HLO text of the compiled step (written to `out_dir`/compiled.hlo.txt when given)."""
+  def _compiled(self):
+    """The train step compiled for the next batch's shapes (what `jax.jit` runs)."""
     from mlc_jax.train.step import device_batch
     batch = device_batch(next(self.batches), self.mesh, reference=self.reference)
-    hlo = self.step.lower(self.state, batch).compile().as_text()
+    return self.step.lower(self.state, batch).compile()
+
+  def compiled_hlo(self, out_dir: str = "") -> str:
+    """The optimised HLO text of the compiled step (written to `out_dir`/compiled.hlo.txt when given)."""
+    hlo = self._compiled().as_text()
     if out_dir:
       os.makedirs(out_dir, exist_ok=True)
       with open(os.path.join(out_dir, "compiled.hlo.txt"), "w") as f:
@@ -185,9 +189,7 @@ class JaxSide:
 
   def xla_flops(self) -> float | None:
     """XLA's cost_analysis FLOPs of the compiled step (counts the scanned layer body once)."""
-    from mlc_jax.train.step import device_batch
-    batch = device_batch(next(self.batches), self.mesh, reference=self.reference)
-    cost = self.step.lower(self.state, batch).compile().cost_analysis()
+    cost = self._compiled().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost.get("flops", float("nan"))) if cost else None
 

@@ -159,14 +159,18 @@ def main():
   parser.add_argument("--repeats", type=int, default=7)
   parser.add_argument("--top", type=int, default=12)
   args = parser.parse_args()
+  if args.repeats < 1:
+    sys.exit(f"error: --repeats must be at least 1, got {args.repeats}")
   try:
     text = open(args.hlo).read()
-  except OSError as e:
+    if not hlo_dots(text)[0]:
+      sys.exit(f"error: no dot instruction in {args.hlo} (is it an HLO text dump?)")
+  except (OSError, UnicodeDecodeError) as e:
     sys.exit(f"error: cannot read the HLO file {args.hlo}: {e}")
+  except ValueError as e:
+    sys.exit(f"error: {args.hlo}: {e}")
   import trace_summary
   result = roofline(text, repeats=args.repeats, names=trace_summary.op_names(text))
-  if not result["rows"]:
-    sys.exit(f"error: no dot instruction in {args.hlo}")
   print(report(result, step_s=args.step_s, flops=args.flops, peak=args.peak, top=args.top))
 
 

@@ -66,3 +66,17 @@ def test_while_loops_are_flagged():
   dots, has_while = matmul_roofline.hlo_dots(hlo)
   assert has_while and len(dots) >= 1
   assert "counted once, not per iteration" in matmul_roofline.report(matmul_roofline.roofline(hlo, repeats=1))
+
+
+def test_bad_input_gives_one_line(tmp_path):
+  import subprocess
+  script = str(ROOT / "scripts" / "matmul_roofline.py")
+  run = lambda *a: subprocess.run([sys.executable, script, *a], capture_output=True, text=True, timeout=120)
+  missing = run(str(tmp_path / "nope.txt"))
+  assert missing.returncode == 1 and "cannot read the HLO file" in missing.stderr and "nope.txt" in missing.stderr
+  (tmp_path / "notes.txt").write_text("not an HLO dump\n")
+  empty = run(str(tmp_path / "notes.txt"))
+  assert empty.returncode == 1 and "no dot instruction in" in empty.stderr
+  (tmp_path / "bad.txt").write_text("ROOT %d = f32[2,2]{1,0} dot(%a, %b), lhs_contracting_dims={1}\n")
+  bad = run(str(tmp_path / "bad.txt"))
+  assert bad.returncode == 1 and "no shape for operand a" in bad.stderr and "Traceback" not in bad.stderr
