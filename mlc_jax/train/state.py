@@ -64,9 +64,21 @@ def learning_rate_schedule(optim, total_steps: int) -> optax.Schedule:
   return optax.warmup_cosine_decay_schedule(0.0, optim.lr, warmup, max(total_steps, warmup + 1), 0.0)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+  """Gradients scaled by `min(1, max_norm / global_norm)`: `optax.clip_by_global_norm`'s values to rounding (a scale
+  of exactly 1 below the bound), as one multiply. optax's `select(norm < max_norm, g, g / norm * max_norm)` does not
+  vectorise on XLA:CPU: 0.16 s a step more over the bench's 58.5M parameters (docs/benchmarks.md)."""
+  def update_fn(updates, state, params=None):
+    del params
+    scale = jnp.minimum(1.0, max_norm / optax.tree.norm(updates))
+    return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
+
+  return optax.GradientTransformation(optax.init_empty_state, update_fn)
+
+
 def make_optimizer(optim, total_steps: int) -> optax.GradientTransformation:
   """Global-norm clipping, then AdamW with the schedule (`optim`: the run's `OptimSection`)."""
-  return optax.chain(optax.clip_by_global_norm(optim.clip_norm),
+  return optax.chain(clip_by_global_norm(optim.clip_norm),
                      optax.adamw(learning_rate_schedule(optim, total_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
                                  weight_decay=optim.weight_decay))
 

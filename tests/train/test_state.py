@@ -3,6 +3,7 @@ import json
 
 import jax
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from train_helpers import small_config
@@ -65,3 +66,23 @@ def test_export_restores_the_parameters_and_nothing_else(tmp_path, monkeypatch):
   assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(on_host.extractor))
   export_hf.export(str(tmp_path), str(tmp_path / "hf"))
   assert json.loads((tmp_path / "hf" / "mlc_extractor.json").read_text())["step"] == 5
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 1.0, 1e6])
+def test_clip_by_global_norm_equals_optax(max_norm):
+  """Our one-multiply clipping gives optax.clip_by_global_norm's gradients: scaled to the bound above it, unchanged
+  (bit for bit) below it, and zeros stay zeros."""
+  key = jax.random.PRNGKey(0)
+  grads = {"w": jax.random.normal(key, (64, 32)), "b": {"x": jax.random.normal(jax.random.fold_in(key, 1), (7,))},
+           "zero": jax.numpy.zeros((3, 3))}
+  ours, _ = state_lib.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+  theirs, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=0)
+  norm = float(optax.tree.norm(grads))
+  np.testing.assert_allclose(float(optax.tree.norm(ours)), min(norm, max_norm), rtol=1e-6)
+  if norm < max_norm:
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(grads)))
+  zeros = jax.tree.map(jax.numpy.zeros_like, grads)
+  assert all(not np.asarray(x).any() for x in jax.tree.leaves(state_lib.clip_by_global_norm(max_norm).update(
+      zeros, optax.EmptyState())[0]))
