@@ -130,8 +130,10 @@ def test_qwen_mpo_trains_sharded_with_the_cached_dominant_side_as_with_a_frozen_
   np.testing.assert_allclose([r["dominant_gap"] for r in a], [r["dominant_gap"] for r in b], rtol=1e-5, atol=1e-7)
   # The losses agree while the trajectories do: at step 1 L2's gradient is zero up to float noise, which Adam
   # scales to full-size steps, so later steps drift apart by ~1 % (either way is a correct MPO run).
-  for key in ("loss", "mpo_loss", "retention_loss", "reward_margin"):
-    np.testing.assert_allclose(a[0][key], b[0][key], rtol=1e-5, atol=1e-7, err_msg=key)
+  # (reward_margin, about -5e-3, is a difference of float32 log-prob sums of about -6 per token: the two meshes sum in
+  # another order, 3.6e-7 apart on one machine, so its floor is that of the sums, not 1e-7.)
+  for key, atol in (("loss", 1e-7), ("mpo_loss", 1e-7), ("retention_loss", 1e-7), ("reward_margin", 2e-6)):
+    np.testing.assert_allclose(a[0][key], b[0][key], rtol=1e-5, atol=atol, err_msg=key)
   assert a[0]["retention_loss"] == pytest.approx(0.0, abs=1e-9) and a[-1]["retention_loss"] > 0
   per_language = {k.split("/")[1] for r in a for k in r if k.startswith("dominant_gap/")}
   assert per_language and per_language <= {"en", "ko", "ja", "bn", "sw", "ar"}
