@@ -25,10 +25,8 @@ def make_update(clip, optim):
   import jax
   import optax
 
-  from mlc_jax.train.state import learning_rate_schedule
-  optimizer = optax.chain(clip(optim.clip_norm),
-                          optax.adamw(learning_rate_schedule(optim, 10_000), b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                                      weight_decay=optim.weight_decay))
+  from mlc_jax.train.state import make_optimizer
+  optimizer = make_optimizer(optim, 10_000, clip=clip)
 
   def update(params, opt_state, grads):
     updates, opt_state = optimizer.update(grads, opt_state, params)

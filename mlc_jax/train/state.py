@@ -76,9 +76,10 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(optax.init_empty_state, update_fn)
 
 
-def make_optimizer(optim, total_steps: int) -> optax.GradientTransformation:
-  """Global-norm clipping, then AdamW with the schedule (`optim`: the run's `OptimSection`)."""
-  return optax.chain(clip_by_global_norm(optim.clip_norm),
+def make_optimizer(optim, total_steps: int, clip=clip_by_global_norm) -> optax.GradientTransformation:
+  """`clip(optim.clip_norm)` (global-norm clipping), then AdamW with the schedule (`optim`: the run's
+  `OptimSection`)."""
+  return optax.chain(clip(optim.clip_norm),
                      optax.adamw(learning_rate_schedule(optim, total_steps), b1=optim.b1, b2=optim.b2, eps=optim.eps,
                                  weight_decay=optim.weight_decay))
 
