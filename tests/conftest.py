@@ -1,6 +1,7 @@
 """Test set-up: eight simulated CPU devices, set before jax is first imported."""
 import faulthandler
 import os
+import tempfile
 
 from cpu_mesh import xla_flags
 
@@ -8,6 +9,9 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Tests compile the same programs again (the same step on the same mesh, in-process and in subprocesses): XLA's
+# persistent cache, shared by every process of the suite, compiles each once.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "mlc_jax_test_jax_cache"))
 
 import jax  # noqa: E402  (must come after XLA_FLAGS)
 import pytest  # noqa: E402

@@ -3,7 +3,6 @@ import hashlib
 import os
 import subprocess
 import sys
-import tempfile
 
 import jax
 import numpy as np
@@ -79,9 +78,8 @@ def numpy_logps(logits, ids, loss_mask):
   return summed, summed / mask.sum(-1)
 
 
-# Subprocess runs see 2 CPU devices (mesh (1,2,1)) and share a compilation cache: same programs, less waiting.
-SUBPROCESS_ENV = {"XLA_FLAGS": xla_flags(2), "JAX_PLATFORMS": "cpu",
-                  "JAX_COMPILATION_CACHE_DIR": os.path.join(tempfile.gettempdir(), "mlc_jax_test_jax_cache")}
+# Subprocess runs see 2 CPU devices (mesh (1,2,1)); they share the suite's compilation cache (conftest.py).
+SUBPROCESS_ENV = {"XLA_FLAGS": xla_flags(2), "JAX_PLATFORMS": "cpu"}
 
 
 def run_cli(*args, timeout=300, env=None) -> subprocess.CompletedProcess:

