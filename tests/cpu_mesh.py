@@ -1,4 +1,5 @@
-"""XLA flags of the tests' simulated CPU meshes (imported by conftest.py before jax, so it must not import jax).
+"""XLA flags of the tests' CPU processes, with their simulated meshes (imported by conftest.py before jax, so it
+must not import jax).
 
 * XLA:CPU aborts a collective whose devices do not all reach it within a timeout (about 40 s by default). On a
   loaded 2-core machine, 8 simulated devices can take longer than that between them without being stuck: the tests
