@@ -259,6 +259,9 @@ def main():
   p.add_argument("--round_warmup", type=int, default=1, help="untimed steps at the start of later rounds")
   p.add_argument("--skip_trl", action="store_true", help="time only mlc_jax")
   p.add_argument("--lr", type=float, default=1e-5)
+  p.add_argument("--trl_malloc", choices=("default", "tuned"), default="default",
+                 help="the TRL process's glibc malloc: its defaults (as TRL runs), or the settings ours runs with "
+                      "(mlc_jax.host_malloc; ours: MLC_JAX_HOST_MALLOC=system for glibc's defaults)")
   p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads on the TRL side")
   p.add_argument("--pairs", type=int, default=8, help="distinct preference pairs, cycled (a multiple of 4)")
   p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
@@ -281,6 +284,8 @@ def main():
   if args.data == "real" and args.setting != "dpo":
     p.error("--data real times DPO only (--setting dpo): the TRL side's MLC term takes unpadded prompt variants")
 
+  from mlc_jax import host_malloc
+  malloc_tuned = host_malloc.keep_freed_memory()  # before jax's threads allocate
   import jax
   from mlc_jax.models import save_hf
 
@@ -296,7 +301,8 @@ def main():
   else:
     shape, cfg = Shape(), model_config()
   print(f"[bench] backend {jax.default_backend()} ({jax.devices()[0].device_kind}), {os.cpu_count()} cores "
-        f"({bench_machine.cpu_model()}); model {cfg.num_params() / 1e6:.1f}M params; workdir {workdir}", flush=True)
+        f"({bench_machine.cpu_model()}); model {cfg.num_params() / 1e6:.1f}M params; workdir {workdir}; host malloc: "
+        f"ours {'tuned' if malloc_tuned else 'default'}, TRL {args.trl_malloc}", flush=True)
 
   trl_python = None if args.skip_trl else bench_trl.ensure_trl_venv()
   if args.wait_idle > 0:
@@ -438,6 +444,7 @@ def main():
     result = dict(
         machine=dict(cpu=bench_machine.cpu_model(), cores=os.cpu_count(), backend=jax.default_backend(),
                      device=str(jax.devices()[0].device_kind), jax=jax.__version__, python=platform.python_version()),
+        host_malloc=dict(ours="tuned" if malloc_tuned else "default", trl=args.trl_malloc),
         command=" ".join([os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(ROOT) else "python",
                           os.path.relpath(os.path.abspath(sys.argv[0]), ROOT), *sys.argv[1:]]),
         args=vars(args), shape=dataclasses.asdict(shape), model=dataclasses.asdict(cfg), num_params=cfg.num_params(),

@@ -69,6 +69,9 @@ class TRLWorker:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1",
                TOKENIZERS_PARALLELISM="false", TQDM_DISABLE="1", HF_DATASETS_CACHE=os.path.join(workdir, "hf_cache"))
     env.pop("PYTHONPATH", None)
+    if args.trl_malloc == "tuned":  # the host allocator settings our side runs with (mlc_jax.host_malloc)
+      from mlc_jax import host_malloc
+      env["GLIBC_TUNABLES"] = host_malloc.GLIBC_TUNABLES
     cmd = [python, os.path.abspath(__file__), "--workdir", workdir, "--setting", setting,
            "--threads", str(args.threads), "--rounds", str(args.rounds), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--round_warmup", str(args.round_warmup)]

@@ -53,7 +53,9 @@ def main():
   parser.add_argument("--out", default=os.path.join(ROOT, "runs", "demo"))
   args = parser.parse_args()
 
+  from mlc_jax import host_malloc
   from mlc_jax.experiments import transfer
+  host_malloc.keep_freed_memory()  # before jax's threads allocate
   setting = transfer.SETTINGS["builtin"]
   summary = transfer.run(args.out, setting=setting, budget=transfer.BUDGETS["demo"], manual_dir="")
   out = os.path.abspath(args.out)

@@ -19,6 +19,7 @@ import os
 import sys
 import tempfile
 
+from mlc_jax import host_malloc
 from mlc_jax.generate.sampling import SamplingSettings
 
 PROMPT_SUFFIXES = (".txt", ".jsonl")
@@ -145,6 +146,7 @@ def run(args) -> list[dict]:
 
 
 def main(argv=None) -> int:
+  host_malloc.keep_freed_memory()  # before jax's threads allocate
   try:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     results = run(args)
