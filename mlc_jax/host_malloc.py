@@ -6,8 +6,10 @@ again and the kernel zeroes every page: on the 58.5M-parameter bench (docs/bench
 a quarter of a DPO step's CPU samples were in the kernel, most of it `clear_page_erms`, and the step took 5.8 s
 against 4.2-4.6 s with this setting, at the same peak memory.
 
-`keep_freed_memory()` sets, through `mallopt`, one arena for all threads, no `mmap` for large blocks (glibc still
-falls back to it where the heap cannot grow) and a 2 GiB trim threshold, so freed blocks are reused. It must run
+`keep_freed_memory()` sets, through `mallopt`, one arena for all threads (the runtime threads' own arenas would
+`mmap` every block over 64 MiB), no `mmap` for large blocks (glibc still falls back to it where the heap cannot grow)
+and no trimming of the heap's top (a bounded threshold, 2 GiB, let the DPO+MLC bench step's larger buffers go back
+to the OS and fault in again every step), so freed blocks are reused. It must run
 before the threads that allocate start, that is before jax's backend (and ideally numpy) is first used: the command
 line tools call it first thing. For another process, the same settings go in its environment at its start:
 `GLIBC_TUNABLES` (the constant below; scripts/bench.py gives it to the TRL side with `--trl_malloc tuned`).
@@ -20,9 +22,9 @@ import os
 import platform
 
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc's malloc.h
-TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: freed memory at the heap's top above 2 GiB goes back to the OS
+NEVER_TRIM = -1  # mallopt's value that disables trimming
 OPT_OUT_ENV = "MLC_JAX_HOST_MALLOC"
-GLIBC_TUNABLES = f"glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={TRIM_THRESHOLD}"
+GLIBC_TUNABLES = f"glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={2**62}"  # never
 
 
 def keep_freed_memory() -> bool:
@@ -30,5 +32,5 @@ def keep_freed_memory() -> bool:
   if os.environ.get(OPT_OUT_ENV, "").lower() == "system" or platform.libc_ver()[0] != "glibc":
     return False
   libc = ctypes.CDLL("libc.so.6")
-  settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+  settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM))
   return all(libc.mallopt(option, value) == 1 for option, value in settings)

@@ -45,6 +45,7 @@ import dataclasses
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
@@ -445,6 +446,7 @@ def main():
         machine=dict(cpu=bench_machine.cpu_model(), cores=os.cpu_count(), backend=jax.default_backend(),
                      device=str(jax.devices()[0].device_kind), jax=jax.__version__, python=platform.python_version()),
         host_malloc=dict(ours="tuned" if malloc_tuned else "default", trl=args.trl_malloc),
+        max_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,  # this process (ours), KiB → GiB
         command=" ".join([os.path.relpath(sys.executable, ROOT) if sys.executable.startswith(ROOT) else "python",
                           os.path.relpath(os.path.abspath(sys.argv[0]), ROOT), *sys.argv[1:]]),
         args=vars(args), shape=dataclasses.asdict(shape), model=dataclasses.asdict(cfg), num_params=cfg.num_params(),
