@@ -2,17 +2,17 @@
 
 XLA:CPU takes each execution's buffers from `malloc`. With glibc's defaults the large ones are fresh `mmap`s (and
 the runtime threads' arenas are heaps that glibc unmaps once empty), so every step faults its GBs of temporaries in
-again and the kernel zeroes every page: on the 58.5M-parameter bench (docs/benchmarks.md, "The host allocator")
-a quarter of a DPO step's CPU samples were in the kernel, most of it `clear_page_erms`, and the step took 5.8 s
-against 4.2-4.6 s with this setting, at the same peak memory.
+again and the kernel zeroes every page: on the 58.5M-parameter bench a quarter of a DPO step's CPU samples were
+in the kernel, most of it `clear_page_erms`; with this setting under 1 %, and DPO and DPO+MLC steps 9 % faster
+in alternating processes at the same peak memory (docs/benchmarks.md, "The host allocator").
 
 `keep_freed_memory()` sets, through `mallopt`, one arena for all threads (the runtime threads' own arenas would
 `mmap` every block over 64 MiB), no `mmap` for large blocks (glibc still falls back to it where the heap cannot grow)
 and no trimming of the heap's top (a bounded threshold, 2 GiB, let the DPO+MLC bench step's larger buffers go back
-to the OS and fault in again every step), so freed blocks are reused. It must run
-before the threads that allocate start, that is before jax's backend (and ideally numpy) is first used: the command
-line tools call it first thing. For another process, the same settings go in its environment at its start:
-`GLIBC_TUNABLES` (the constant below; scripts/bench.py gives it to the TRL side with `--trl_malloc tuned`).
+to the OS and fault in again every step), so freed blocks are reused. It must run before jax's backend starts its
+threads (the first computation): the command line tools call it first thing. For another process, the same settings
+go in its environment at its start: `GLIBC_TUNABLES` (the constant below; scripts/bench.py gives it to the TRL side
+with `--trl_malloc tuned`).
 `MLC_JAX_HOST_MALLOC=system` leaves the C library's defaults; on a C library other than glibc nothing is changed.
 """
 from __future__ import annotations
