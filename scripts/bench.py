@@ -151,9 +151,10 @@ class JaxSide:
 
     from mlc_jax.train.step import device_batch
     host_batch = next(self.batches)
-    t0 = time.perf_counter()
+    faults0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
     self.state, metrics = self.step(self.state, device_batch(host_batch, self.mesh, reference=self.reference))
     jax.block_until_ready((self.state, metrics))
+    self.page_faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0  # pages the kernel mapped in
     self.last_metrics = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
     self.flops = self.step_flops(host_batch)
     self.flops_log.append(self.flops)
@@ -163,7 +164,11 @@ class JaxSide:
     warm = [self._one() for _ in range(warmup)]
     if self.compile_s is None and warm:
       self.compile_s = warm[0]
-    return {"times": [self._one() for _ in range(steps)], "warmup_times": warm}
+    times, faults = [], []
+    for _ in range(steps):
+      times.append(self._one())
+      faults.append(self.page_faults)
+    return {"times": times, "page_faults": faults, "warmup_times": warm}
 
   def _compiled(self):
     """The train step compiled for the next batch's shapes (what `jax.jit` runs)."""

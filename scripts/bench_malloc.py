@@ -5,7 +5,8 @@
 malloc's settings are process-wide, so each variant is its own `scripts/bench.py --skip_trl --rounds 1` process
 (the 58.5M Llama, 4 pairs × 256 tokens, fp32), the two alternating round by round so that the machine's drift hits
 both. Prints every round's median step, the medians over all timed steps of each variant and their ratio, with the
-peak RSS of each process (the settings keep freed memory, so memory is part of the comparison).
+page faults of each timed step and the peak RSS of each process (the settings keep freed memory, so memory is part of
+the comparison).
 """
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ VARIANTS = {"tuned": {}, "glibc defaults": {"MLC_JAX_HOST_MALLOC": "system"}}
 
 
 def run_once(setting: str, steps: int, warmup: int, env: dict, workdir: str) -> dict:
-  """One bench.py process → {'times': [s, …], 'max_rss_gib': its peak RSS, 'peak_flops': its measured peak}."""
+  """One bench.py process → {'times': [s, …], 'page_faults': [minor faults of each timed step], 'max_rss_gib': its
+  peak RSS, 'peak_flops': its measured peak}."""
   out = os.path.join(workdir, "run.json")
   cmd = [sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--skip_trl", "--setting", setting,
          "--rounds", "1", "--steps", str(steps), "--warmup", str(warmup), "--json", out, "--workdir", workdir]
@@ -31,8 +33,9 @@ def run_once(setting: str, steps: int, warmup: int, env: dict, workdir: str) -> 
     sys.exit(f"error: {' '.join(cmd)} exited with {proc.returncode}:\n{proc.stderr[-3000:]}")
   with open(out) as f:
     result = json.load(f)
-  times = result["rounds"][f"ours/{setting}"][0]["times"]
-  return {"times": times, "max_rss_gib": result["max_rss_gib"], "peak_flops": result["peak_flops"]}
+  timed = result["rounds"][f"ours/{setting}"][0]
+  return {"times": timed["times"], "page_faults": timed["page_faults"], "max_rss_gib": result["max_rss_gib"],
+          "peak_flops": result["peak_flops"]}
 
 
 def main():
@@ -53,7 +56,8 @@ def main():
         run = run_once(args.setting, args.steps, args.warmup, env, workdir)
         runs[name].append(run)
         print(f"[bench_malloc] round {r + 1}/{args.rounds} {name}: median step "
-              f"{statistics.median(run['times']):.3f}s, peak RSS {run['max_rss_gib']:.2f} GiB", flush=True)
+              f"{statistics.median(run['times']):.3f}s, {statistics.median(run['page_faults']):.0f} page faults a step, "
+              f"peak RSS {run['max_rss_gib']:.2f} GiB", flush=True)
   medians = {name: statistics.median([t for run in rs for t in run["times"]]) for name, rs in runs.items()}
   print(f"\n{args.setting} step, median of {args.rounds * args.steps} per variant: "
         + ", ".join(f"{name} {m:.3f}s" for name, m in medians.items())
