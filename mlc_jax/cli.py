@@ -6,15 +6,19 @@ import argparse
 import sys
 from collections.abc import Callable
 
+from mlc_jax import host_malloc
+
 # What a bad input raises in this package (ConfigError and CheckpointError are ValueErrors; missing files OSErrors).
 BAD_INPUT = (OSError, ValueError)
 
 
 def run(body: Callable[[], int | None], exit_codes: dict[type[BaseException], int] | None = None) -> int:
-  """`body()`'s exit code (None → 0); an exception of a type in `exit_codes` (default: bad input → 2) is printed as
+  """`body()`'s exit code (None → 0), run with the host allocator tuned (`mlc_jax.host_malloc`); an exception of a
+  type in `exit_codes` (default: bad input → 2) is printed as
   one line `error: …` on stderr and exits with its code (the first listed type it is an instance of)."""
   codes = {BAD_INPUT: 2} if exit_codes is None else exit_codes
   try:
+    host_malloc.keep_freed_memory()  # before the body's first computation starts jax's threads
     return body() or 0
   except tuple(t for types in codes for t in (types if isinstance(types, tuple) else (types,))) as e:
     code = next(c for types, c in codes.items() if isinstance(e, types))

@@ -10,10 +10,11 @@ in alternating processes at the same peak memory (docs/benchmarks.md, "The host 
 `mmap` every block over 64 MiB), no `mmap` for large blocks (glibc still falls back to it where the heap cannot grow)
 and no trimming of the heap's top (a bounded threshold, 2 GiB, let the DPO+MLC bench step's larger buffers go back
 to the OS and fault in again every step), so freed blocks are reused. It must run before jax's backend starts its
-threads (the first computation): the command line tools call it first thing. For another process, the same settings
-go in its environment at its start: `GLIBC_TUNABLES` (the constant below; scripts/bench.py gives it to the TRL side
-with `--trl_malloc tuned`).
-`MLC_JAX_HOST_MALLOC=system` leaves the C library's defaults; on a C library other than glibc nothing is changed.
+threads (the first computation): every command calls it first (`mlc_jax.cli.run`, the generate CLI, the scripts).
+For another process, the same settings go in its environment at its start: `GLIBC_TUNABLES` (the constant below;
+scripts/bench.py gives it to the TRL side with `--trl_malloc tuned`).
+`MLC_JAX_HOST_MALLOC=system` leaves the C library's defaults (`tuned` or unset: the settings); on a C library other
+than glibc nothing is changed.
 """
 from __future__ import annotations
 
@@ -21,16 +22,23 @@ import ctypes
 import os
 import platform
 
-M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc's malloc.h
-NEVER_TRIM = -1  # mallopt's value that disables trimming
+# tunable name: (mallopt option from glibc's malloc.h, its value, the tunable's value); trimming off is mallopt's -1
+SETTINGS = {"arena_max": (-8, 1, 1), "mmap_max": (-4, 0, 0), "trim_threshold": (-1, -1, 2**62)}
+GLIBC_TUNABLES = ":".join(f"glibc.malloc.{name}={tunable}" for name, (_, _, tunable) in SETTINGS.items())
 OPT_OUT_ENV = "MLC_JAX_HOST_MALLOC"
-GLIBC_TUNABLES = f"glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold={2**62}"  # never
+CHOICES = ("tuned", "system")
 
 
 def keep_freed_memory() -> bool:
-  """Tunes glibc's malloc as the module docstring says; True when it did (glibc, not opted out), else False."""
-  if os.environ.get(OPT_OUT_ENV, "").lower() == "system" or platform.libc_ver()[0] != "glibc":
+  """Tunes glibc's malloc as the module docstring says; True when it did (glibc, not opted out), else False.
+
+  Raises ValueError when `MLC_JAX_HOST_MALLOC` is set to something other than `tuned` or `system`.
+  """
+  choice = os.environ.get(OPT_OUT_ENV, "tuned").lower() or "tuned"
+  if choice not in CHOICES:
+    raise ValueError(f"{OPT_OUT_ENV}={os.environ[OPT_OUT_ENV]!r}: expected 'tuned' (the default: freed memory kept "
+                     f"for the next step) or 'system' (the C library's malloc defaults)")
+  if choice == "system" or platform.libc_ver()[0] != "glibc":
     return False
   libc = ctypes.CDLL("libc.so.6")
-  settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM))
-  return all(libc.mallopt(option, value) == 1 for option, value in settings)
+  return all(libc.mallopt(option, value) == 1 for option, value, _ in SETTINGS.values())

@@ -291,7 +291,10 @@ def main():
     p.error("--data real times DPO only (--setting dpo): the TRL side's MLC term takes unpadded prompt variants")
 
   from mlc_jax import host_malloc
-  malloc_tuned = host_malloc.keep_freed_memory()  # before jax's threads allocate
+  try:
+    malloc_tuned = host_malloc.keep_freed_memory()  # before jax's threads allocate
+  except ValueError as e:
+    p.error(str(e))
   import jax
   from mlc_jax.models import save_hf
 

@@ -19,6 +19,7 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_TIMEOUT_S = 1800  # one bench.py process takes 1-3 minutes on 2 cores
 VARIANTS = {"tuned": {}, "glibc defaults": {"MLC_JAX_HOST_MALLOC": "system"}}
 
 
@@ -28,7 +29,11 @@ def run_once(setting: str, steps: int, warmup: int, env: dict, workdir: str) -> 
   out = os.path.join(workdir, "run.json")
   cmd = [sys.executable, os.path.join(ROOT, "scripts", "bench.py"), "--skip_trl", "--setting", setting,
          "--rounds", "1", "--steps", str(steps), "--warmup", str(warmup), "--json", out, "--workdir", workdir]
-  proc = subprocess.run(cmd, env={**os.environ, "JAX_PLATFORMS": "cpu", **env}, capture_output=True, text=True)
+  try:
+    proc = subprocess.run(cmd, env={**os.environ, "JAX_PLATFORMS": "cpu", **env}, capture_output=True, text=True,
+                          timeout=RUN_TIMEOUT_S)
+  except subprocess.TimeoutExpired:
+    sys.exit(f"error: {' '.join(cmd)} ran over {RUN_TIMEOUT_S} s")
   if proc.returncode != 0:
     sys.exit(f"error: {' '.join(cmd)} exited with {proc.returncode}:\n{proc.stderr[-3000:]}")
   with open(out) as f:

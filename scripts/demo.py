@@ -55,7 +55,10 @@ def main():
 
   from mlc_jax import host_malloc
   from mlc_jax.experiments import transfer
-  host_malloc.keep_freed_memory()  # before jax's threads allocate
+  try:
+    host_malloc.keep_freed_memory()  # before jax's threads allocate
+  except ValueError as e:
+    parser.error(str(e))
   setting = transfer.SETTINGS["builtin"]
   summary = transfer.run(args.out, setting=setting, budget=transfer.BUDGETS["demo"], manual_dir="")
   out = os.path.abspath(args.out)

@@ -37,8 +37,6 @@ def main(argv=None) -> int:
                       help="the folder with the MultiJail CSV (TFDS manual_dir)")
   parser.add_argument("--data_dir", default="", help="TFDS data_dir ('' = TFDS's default)")
   args = parser.parse_args(argv)
-  from mlc_jax import host_malloc
-  host_malloc.keep_freed_memory()  # before jax's threads allocate
 
   from mlc_jax import cli
   from mlc_jax.experiments import transfer

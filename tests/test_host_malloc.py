@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from mlc_jax import host_malloc
 from paths import ROOT
 
 pytestmark = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
@@ -80,3 +81,20 @@ def test_opting_out_keeps_glibcs_defaults():
   assert opted_out["tuned"] is False
   assert opted_out["mmapped"] >= BLOCK, opted_out
   assert min(opted_out["faults"]) >= PAGES // 2, opted_out
+
+
+def test_an_unknown_setting_is_refused_by_name(monkeypatch):
+  monkeypatch.setenv("MLC_JAX_HOST_MALLOC", "off")
+  with pytest.raises(ValueError, match="MLC_JAX_HOST_MALLOC='off'"):
+    host_malloc.keep_freed_memory()
+
+
+def test_a_command_given_an_unknown_setting_says_so_in_one_line_and_writes_nothing(tmp_path):
+  workdir = tmp_path / "run"
+  proc = subprocess.run([sys.executable, "-m", "mlc_jax.train", "--config", str(ROOT / "configs" / "demo.py"),
+                         "--workdir", str(workdir)], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu", "MLC_JAX_HOST_MALLOC": "off"})
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+  assert errors == [errors[0]] and "MLC_JAX_HOST_MALLOC='off'" in errors[0], proc.stderr[-3000:]
+  assert not workdir.exists()

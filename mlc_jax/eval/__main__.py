@@ -15,8 +15,6 @@ import os
 import shlex
 import sys
 
-from mlc_jax import host_malloc
-
 DEFAULT_MANUAL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                   "..", "shared", "data")
 
@@ -126,7 +124,6 @@ def guard_judge(directory: str, *, batch_size: int):
 
 
 def main(argv=None) -> int:
-  host_malloc.keep_freed_memory()  # before jax's threads allocate
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
   from mlc_jax import cli

@@ -146,8 +146,8 @@ def run(args) -> list[dict]:
 
 
 def main(argv=None) -> int:
-  host_malloc.keep_freed_memory()  # before jax's threads allocate
   try:
+    host_malloc.keep_freed_memory()  # before jax's threads allocate
     args = parse_args(sys.argv[1:] if argv is None else argv)
     results = run(args)
   except (OSError, ValueError) as e:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mlc_jax import host_malloc
 from mlc_jax.cli import parse_with_overrides
 
 
@@ -30,7 +29,6 @@ def parse_args(argv):
 
 def main(argv=None, *, on_step=None) -> int:
   """The CLI; `on_step(step, state)` is called after every step (the tests inject faults with it)."""
-  host_malloc.keep_freed_memory()  # before jax's threads allocate
   args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
   from mlc_jax import cli  # after parsing: importing jax is slow
   from mlc_jax.config import ConfigError, apply_overrides, load_config_file
