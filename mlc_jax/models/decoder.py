@@ -447,9 +447,11 @@ class Decoder(nnx.Module):
     else:
       if attention_mask is None:
         attention_mask = jnp.ones((b, s), jnp.bool_)
+      # Positions of our own (0..s-1) are known to lie in [0, s): the RoPE tables then come from one [s, h] table.
+      num_positions = s if positions is None else None
       if positions is None:
         positions = jnp.broadcast_to(jnp.arange(s), (b, s))
-      inputs = self._attention_inputs(attention_mask, positions)
+      inputs = self._attention_inputs(attention_mask, positions, num_positions)
     if at is not None and collect:
       raise ValueError("hidden_states: `at` returns some positions only; it cannot `collect` every block's output")
     x_bsd = self.embed_tokens(input_ids)
@@ -490,16 +492,20 @@ class Decoder(nnx.Module):
                                                       unroll=min(self.scan_unroll, max(num_blocks, 1)))
     return x_bsd, per_block_lbsd, cache
 
-  def _rope_tables(self, positions):
-    """(cos, sin, local_cos, local_sin) for `positions` `[b, s]`; the local pair None unless Gemma-3's local RoPE."""
+  def _rope_tables(self, positions, num_positions: int | None = None):
+    """(cos, sin, local_cos, local_sin) for `positions` `[b, s]`; the local pair None unless Gemma-3's local RoPE.
+
+    `num_positions`: every position is known to be in `[0, num_positions)` (`rope.rotary_tables`), or None.
+    """
     cfg = self.cfg
-    cos, sin = rope.rotary_tables(positions, rope.inverse_frequencies(cfg.head_dim, cfg.rope_theta,
-                                                                      cfg.rope_scaling_dict))
+    tables = lambda theta, scaling=None: rope.rotary_tables(
+        positions, rope.inverse_frequencies(cfg.head_dim, theta, scaling), num_positions)
+    cos, sin = tables(cfg.rope_theta, cfg.rope_scaling_dict)
     if any(cfg.sliding_layers) and cfg.rope_local_theta is not None:
-      return cos, sin, *rope.rotary_tables(positions, rope.inverse_frequencies(cfg.head_dim, cfg.rope_local_theta))
+      return cos, sin, *tables(cfg.rope_local_theta)
     return cos, sin, None, None
 
-  def _attention_inputs(self, attention_mask, positions) -> AttentionInputs:
+  def _attention_inputs(self, attention_mask, positions, num_positions: int | None = None) -> AttentionInputs:
     """The `[b, s, s]` masks of a forward pass: causal by sequence index & key padding (& the window)."""
     cfg, s = self.cfg, attention_mask.shape[1]
     sliding_mask_bst = None
@@ -508,7 +514,7 @@ class Decoder(nnx.Module):
     if any(cfg.sliding_layers) and s > cfg.sliding_window:  # otherwise the window cannot mask anything
       band_st = jnp.arange(s)[:, None] - jnp.arange(s)[None, :] < cfg.sliding_window
       sliding_mask_bst = mask_bst & band_st[None]
-    return AttentionInputs(*self._rope_tables(positions), key_mask_bt, mask_bst, sliding_mask_bst)
+    return AttentionInputs(*self._rope_tables(positions, num_positions), key_mask_bt, mask_bst, sliding_mask_bst)
 
   def _packed_attention_inputs(self, segments_bs, branches_bs, positions_bs) -> AttentionInputs:
     """The `[b, s, s]` masks of packed rows: same segment, shared prefix or same branch, by position (& window)."""
@@ -521,7 +527,8 @@ class Decoder(nnx.Module):
     sliding_mask_bst = None
     if any(cfg.sliding_layers) and s > cfg.sliding_window:
       sliding_mask_bst = mask_bst & (offset_bst < cfg.sliding_window)
-    return AttentionInputs(*self._rope_tables(positions_bs), key_mask_bt, mask_bst, sliding_mask_bst, packed=True)
+    # A packed sequence's positions restart at 0 and its tokens fit the row: all in [0, s).
+    return AttentionInputs(*self._rope_tables(positions_bs, s), key_mask_bt, mask_bst, sliding_mask_bst, packed=True)
 
   def _cached_attention_inputs(self, positions_bs, key_positions_bt) -> AttentionInputs:
     """The `[b, s, t]` masks of new tokens at `positions_bs` over cache slots at `key_positions_bt`, by position."""

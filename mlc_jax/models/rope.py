@@ -35,9 +35,24 @@ def inverse_frequencies(head_dim: int, theta: float, scaling: dict[str, Any] | N
   raise ValueError(f"rope_type {rope_type!r} is not supported (supported: {', '.join(SUPPORTED_ROPE_TYPES)})")
 
 
-def rotary_tables(positions: jnp.ndarray, inv_freq: np.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """cos and sin tables `[batch, seq, head_dim]` (float32) for integer `positions` `[batch, seq]`."""
-  angles = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq, jnp.float32)
+def rotary_tables(positions: jnp.ndarray, inv_freq: np.ndarray, num_positions: int | None = None
+                  ) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """cos and sin tables `[batch, seq, head_dim]` (float32) for integer `positions` `[batch, seq]`.
+
+  With `num_positions` P (the caller guarantees every position is in `[0, P)`), cos and sin are evaluated once per
+  position, on a `[P, head_dim]` table, and gathered per token: the same values. Evaluated per token instead, XLA
+  fuses them into every consumer, so each layer's rotations of q and k (forward and backward) would compute them
+  again (on XLA:CPU a scalar libm call per element; docs/benchmarks.md).
+  """
+  if num_positions is None:
+    return _cos_sin(positions.astype(jnp.float32), inv_freq)
+  cos_ph, sin_ph = _cos_sin(jnp.arange(num_positions, dtype=jnp.float32), inv_freq)
+  return cos_ph[positions], sin_ph[positions]
+
+
+def _cos_sin(positions: jnp.ndarray, inv_freq: np.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """cos and sin `[..., head_dim]` of float32 `positions` `[...]` times the frequencies (HF's half-split layout)."""
+  angles = positions[..., None] * jnp.asarray(inv_freq, jnp.float32)
   angles = jnp.concatenate([angles, angles], axis=-1)
   return jnp.cos(angles), jnp.sin(angles)
 

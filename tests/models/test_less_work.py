@@ -1,13 +1,14 @@
-"""Two ways the decoder does less work for the same values, each against the plain computation (outputs and
-gradients, rtol 1e-5): an unrolled layer scan (`model.scan_unroll`), and the last block run only at the positions a
-caller reads (`hidden_states(at=…)`, what the MLC representation uses)."""
+"""Three ways the decoder does less work for the same values, each against the plain computation (outputs and
+gradients, rtol 1e-5): an unrolled layer scan (`model.scan_unroll`), the last block run only at the positions a
+caller reads (`hidden_states(at=…)`, what the MLC representation uses), and RoPE's cos/sin evaluated once per
+position (`rope.rotary_tables(num_positions=…)`)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
-from mlc_jax.models import get_preset, init_model
+from mlc_jax.models import get_preset, init_model, rope
 
 PRESETS = ["tiny", "tiny_gemma2", "tiny_gemma3"]  # GQA; soft-caps, post-norms, sliding windows; qk-norm, local RoPE
 
@@ -64,3 +65,37 @@ def test_at_cannot_collect_every_block():
   ids, mask = inputs(cfg)
   with pytest.raises(ValueError, match="cannot `collect`"):
     init_model(cfg).hidden_states(ids, mask, collect=True, at=jnp.zeros((3, 1), jnp.int32))
+
+
+@pytest.mark.parametrize("scaling", [None, {"rope_type": "linear", "factor": 4.0},
+                                     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16}])
+def test_rope_tables_gathered_from_one_per_position_equal_the_per_token_ones(scaling):
+  positions = jax.random.randint(jax.random.PRNGKey(0), (3, 40), 0, 64)
+  inv_freq = rope.inverse_frequencies(16, 10000.0, scaling)
+  for table, direct in zip(rope.rotary_tables(positions, inv_freq, num_positions=64),
+                           rope.rotary_tables(positions, inv_freq)):
+    assert table.shape == direct.shape == (3, 40, 16)
+    np.testing.assert_array_equal(table, direct)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_rope_cos_sin_are_computed_once_per_step(preset):
+  """Our own positions take the table: the same outputs and gradients as positions passed in (per-token cos/sin),
+  and XLA evaluates cos once per RoPE table in the whole forward + backward, not once per layer and direction."""
+  cfg = get_preset(preset)
+  ids, mask = inputs(cfg)
+  model = init_model(cfg, seed=0, scan_unroll=cfg.num_layers)  # unrolled: where XLA would fuse cos into each layer
+  weights = jax.random.normal(jax.random.PRNGKey(3), (*ids.shape, cfg.hidden_size))
+  given = jnp.broadcast_to(jnp.arange(ids.shape[1]), ids.shape)
+  loss = lambda m, positions=None: jnp.sum(m.hidden_states(ids, mask, positions=positions) * weights)
+  assert_close(model.hidden_states(ids, mask), model.hidden_states(ids, mask, positions=given))
+  assert_close(grads_of(model, loss), grads_of(model, lambda m: loss(m, given)))
+
+  def cosines(positions):
+    graphdef, params = nnx.split(model)
+    step = jax.jit(jax.grad(lambda p: loss(nnx.merge(graphdef, p), positions)))
+    return step.lower(params).compile().as_text().count(" cosine(")
+  tables = 2 if cfg.rope_local_theta is not None else 1
+  assert cosines(None) == tables
+  assert cosines(given) > tables  # per token, XLA recomputes them inside the layers' fusions
