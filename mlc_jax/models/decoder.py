@@ -447,10 +447,9 @@ class Decoder(nnx.Module):
     else:
       if attention_mask is None:
         attention_mask = jnp.ones((b, s), jnp.bool_)
-      # Positions of our own (0..s-1) are known to lie in [0, s): the RoPE tables then come from one [s, h] table.
-      num_positions = s if positions is None else None
-      if positions is None:
-        positions = jnp.broadcast_to(jnp.arange(s), (b, s))
+      num_positions = None  # positions passed in: no bound known
+      if positions is None:  # our own, all in [0, s): the RoPE tables come from one [s, h] table
+        positions, num_positions = jnp.broadcast_to(jnp.arange(s), (b, s)), s
       inputs = self._attention_inputs(attention_mask, positions, num_positions)
     if at is not None and collect:
       raise ValueError("hidden_states: `at` returns some positions only; it cannot `collect` every block's output")
