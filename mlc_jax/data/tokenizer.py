@@ -176,3 +176,23 @@ def load_tokenizer(path: str | os.PathLike | None) -> PreTrainedTokenizerBase:
             "(prompts are rendered with apply_chat_template)"
         )
     return tokenizer
+
+
+def check_fits_vocab(tokenizer: PreTrainedTokenizerBase, vocab_size: int, *, tokenizer_source: str,
+                     model_source: str) -> None:
+    """Refuses a tokenizer that can produce ids the model's embedding has no row for.
+
+    ``len(tokenizer)`` (the base vocabulary plus added tokens) must be at most ``vocab_size``, the rows of the
+    model's embedding; a model may have more rows than the tokenizer has tokens (padded vocabularies).
+    ``tokenizer_source`` / ``model_source`` say where each came from in the error (a path, or a config key and
+    its value, e.g. ``"model.hf_path='/m'"``).
+
+    Raises:
+      ValueError: naming both sizes and both sources.
+    """
+    if len(tokenizer) > vocab_size:
+        raise ValueError(
+            f"the tokenizer {tokenizer_source} has {len(tokenizer)} tokens but the model {model_source} has "
+            f"vocab_size {vocab_size} embedding rows: ids {vocab_size}..{len(tokenizer) - 1} have no embedding "
+            "(use the tokenizer the model was trained with, or resize the model's vocabulary)"
+        )
