@@ -20,7 +20,7 @@ from tqdm import tqdm
 from mlc_jax.config import ConfigError, RunConfig, run_altering_differences, to_json, validate
 from mlc_jax.data import pipeline, tokenized
 from mlc_jax.data.languages import resolve_languages
-from mlc_jax.data.tokenizer import load_tokenizer
+from mlc_jax.data.tokenizer import check_fits_vocab, load_tokenizer
 from mlc_jax.models.hf_io import check_weights
 from mlc_jax.parallel import devices
 from mlc_jax.parallel.mesh import make_mesh, num_slices
@@ -77,9 +77,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str, *, allow_config_cha
     tokenizer = load_tokenizer(run.tokenizer or run.model.hf_path or None)
   except (OSError, ValueError) as e:
     raise ConfigError(f"tokenizer: {e}") from e
-  if len(tokenizer) > model_cfg.vocab_size:
-    raise ConfigError(f"tokenizer: {len(tokenizer)} tokens do not fit the model's vocab_size "
-                      f"{model_cfg.vocab_size} (model.preset={run.model.preset!r})")
+  hf_path = run.model.hf_path
+  check_fits_vocab(tokenizer, model_cfg.vocab_size, model_source=f"model.hf_path={hf_path!r}" if hf_path else
+                   f"model.preset={run.model.preset!r}", tokenizer_source=f"tokenizer={run.tokenizer!r}"
+                   if run.tokenizer or not hf_path else f"tokenizer='' (model.hf_path={hf_path!r})")
   if run.model.hf_path:
     try:
       check_weights(run.model.hf_path)
