@@ -12,10 +12,15 @@ from mlc_jax import host_malloc
 BAD_INPUT = (OSError, ValueError)
 
 
+# Ctrl-C (SIGINT, Python's KeyboardInterrupt) ends every command with this code, as shells report 128 + SIGINT.
+INTERRUPTED_EXIT_CODE = 130
+
+
 def run(body: Callable[[], int | None], exit_codes: dict[type[BaseException], int] | None = None) -> int:
   """`body()`'s exit code (None → 0), run with the host allocator tuned (`mlc_jax.host_malloc`); an exception of a
   type in `exit_codes` (default: bad input → 2) is printed as
-  one line `error: …` on stderr and exits with its code (the first listed type it is an instance of)."""
+  one line `error: …` on stderr and exits with its code (the first listed type it is an instance of). Ctrl-C is
+  one line `error: interrupted (Ctrl-C): …` and exit 130, wherever it lands."""
   codes = {BAD_INPUT: 2} if exit_codes is None else exit_codes
   try:
     host_malloc.keep_freed_memory()  # before the body's first computation starts jax's threads
@@ -24,6 +29,18 @@ def run(body: Callable[[], int | None], exit_codes: dict[type[BaseException], in
     code = next(c for types, c in codes.items() if isinstance(e, types))
     print(f"error: {e}", file=sys.stderr)
     return code
+  except KeyboardInterrupt:
+    print(f"\nerror: interrupted (Ctrl-C): {_command()} stopped before it finished; run the same "
+          "command again", file=sys.stderr)
+    return INTERRUPTED_EXIT_CODE
+
+
+def _command() -> str:
+  """`python -m mlc_jax.TOOL` of the running command (the script's name when not run with -m)."""
+  spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+  if spec is None:
+    return sys.argv[0] or "python"
+  return f"python -m {spec.name.removesuffix('.__main__')}"
 
 
 def parse_with_overrides(parser: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, list[str]]:

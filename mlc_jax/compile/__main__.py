@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from mlc_jax.cli import parse_with_overrides
-from mlc_jax.parallel.tpu import GIB, TopologyError, parse_topology
+from mlc_jax.parallel.tpu import GIB, parse_topology
 
 
 def parse_args(argv):
@@ -52,17 +52,18 @@ def format_report(report) -> str:
 
 def main(argv=None) -> int:
   args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-  from mlc_jax.config import ConfigError, apply_overrides, load_config_file  # after parsing: importing jax is slow
+  from mlc_jax import cli  # after parsing: importing jax is slow
   from mlc_jax.compile import aot
-  try:
+  from mlc_jax.config import apply_overrides, load_config_file
+
+  def body():
     topology = parse_topology(args.topology)
     config = apply_overrides(load_config_file(args.config), overrides)
     report = aot.compile_run(config, topology, args.num_slices)
-  except (ConfigError, TopologyError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print(format_report(report))
-  return 0 if report.fits else 1
+    print(format_report(report))
+    return 0 if report.fits else 1
+
+  return cli.run(body)  # a bad topology (TopologyError) or config (ConfigError) is bad input: exit 2
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ model FLOPs of one step (`mlc_jax.models.flops`) and the step time they take at 
 from __future__ import annotations
 
 import dataclasses
-import glob
 import importlib.util
 import math
 import os
@@ -17,6 +16,7 @@ import time
 import jax
 import jax.numpy as jnp
 
+from mlc_jax import platforms
 from mlc_jax.compile import batch as batch_lib
 from mlc_jax.config import ConfigError, validate
 from mlc_jax.parallel.mesh import make_mesh, num_slices
@@ -32,7 +32,7 @@ def topology_devices(topology: Topology, slices: int = 1) -> list:
   if slices < 1:
     raise TopologyError(f"--num_slices={slices} must be at least 1")
   os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # libtpu otherwise looks for the pod's workers
-  if not glob.glob("/dev/accel*") and not glob.glob("/dev/vfio/[0-9]*"):
+  if not platforms.tpu_attached():
     # No TPU chip here to guard: libtpu's one-process lock file would only stop compiles running side by side.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   from jax.experimental import topologies

@@ -5,7 +5,8 @@ Flags: --allow_config_change resumes even when run-altering keys changed; --rest
 (default: the newest checkpoint that restores, skipping corrupt ones with a note); --multihost initialises
 jax.distributed (every host runs the same command and reads the same data). Exit codes: 0 done, 2 bad config, data
 or workdir (nothing written), 1 non-finite loss or a checkpoint that cannot be written (e.g. a full disk),
-124 a step ran over train.step_timeout_s, 143 preempted by SIGTERM (a checkpoint was saved unless the step hung).
+124 a step ran over train.step_timeout_s, 143 preempted by SIGTERM, 130 Ctrl-C (a checkpoint was saved at the step
+reached unless the step hung; a second Ctrl-C exits at once without saving).
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def main(argv=None, *, on_step=None) -> int:
     trainer.train(config, args.workdir, allow_config_change=args.allow_config_change, restore_step=args.restore_step,
                   on_step=on_step)
 
-  return cli.run(body, {ConfigError: 2, trainer.NonFiniteLoss: 1, trainer.Preempted: 143,
+  return cli.run(body, {ConfigError: 2, trainer.NonFiniteLoss: 1, trainer.Preempted: 143, trainer.Interrupted: 130,
                         checkpointing.CheckpointWriteError: 1, cli.BAD_INPUT: 2})
 
 

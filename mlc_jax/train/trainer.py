@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import signal
 import time
 from collections.abc import Callable
 
@@ -42,7 +43,11 @@ class NonFiniteLoss(RuntimeError):
 
 
 class Preempted(RuntimeError):
-  pass
+  """SIGTERM: a checkpoint was saved at the step reached."""
+
+
+class Interrupted(RuntimeError):
+  """Ctrl-C (SIGINT): a checkpoint was saved at the step reached."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,8 +228,10 @@ def _train(prepared: Prepared, config, workdir: str, primary: bool, restore_step
           if ckpt.latest_step() != step:
             checkpointing.save(ckpt, step, state, batches.get_state(step), force=True)
           checkpointing.wait(ckpt, state)
-          raise Preempted(f"SIGTERM: saved a checkpoint at step {step} in {workdir}/checkpoints; run the same "
-                          f"command again to resume")
+          interrupted = watchdog.stopped_by == signal.SIGINT
+          raise (Interrupted if interrupted else Preempted)(
+              f"{'interrupted (Ctrl-C)' if interrupted else 'SIGTERM'}: saved a checkpoint at step {step} in "
+              f"{workdir}/checkpoints; run the same command again to resume")
       checkpointing.wait(ckpt, state)
   finally:
     if batches is not None:
