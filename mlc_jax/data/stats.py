@@ -3,10 +3,11 @@
     python -m mlc_jax.data.stats --dataset mpo_pairs/qwen --tokenizer byte \\
         [--manual_dir ../shared/data] [--data_dir ~/tensorflow_datasets]
 
-Builds the dataset (or reuses it when ``data_dir`` already has it), then prints, per split, one row per
-(field, language): the number of non-empty texts, the number of empty ones, and the token-length mean,
-median, p95 and max. Prompts are measured as the model sees them, rendered with the tokenizer's chat template
-up to the assistant header (``add_generation_prompt=True``); responses as their bare tokens.
+Builds the dataset (or reuses it when ``data_dir`` has it built from the same source files), then prints, per
+split, one row per (field, language): the number of non-empty texts, the number of empty ones, and the
+token-length mean, median, p95 and max. Prompts are measured as the model sees them, rendered with the
+tokenizer's chat template up to the assistant header (``add_generation_prompt=True``); responses as their bare
+tokens.
 """
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import argparse
 import collections
 import dataclasses
 import os
+import sys
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from mlc_jax import cli
 from mlc_jax.data.tfds_builders import common
 from mlc_jax.data.tokenizer import chat_prompts, load_tokenizer
 
@@ -98,18 +101,22 @@ def format_table(rows: Sequence[TextStats]) -> str:
   )
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog="python -m mlc_jax.data.stats", description=__doc__.split("\n")[0])
   parser.add_argument("--dataset", required=True, help="NAME or NAME/CONFIG, e.g. xsafety/aligned")
   parser.add_argument("--manual_dir", default=DEFAULT_MANUAL_DIR, help="folder with the source files")
   parser.add_argument("--data_dir", default=None, help="TFDS data_dir (default: TFDS's, ~/tensorflow_datasets)")
   parser.add_argument("--tokenizer", required=True, help="a local Hugging Face tokenizer folder, or 'byte'")
   args = parser.parse_args(argv)
-  tokenizer = load_tokenizer(args.tokenizer)
-  rows = dataset_stats(args.dataset, tokenizer=tokenizer, manual_dir=args.manual_dir, data_dir=args.data_dir)
-  print(f"{args.dataset} (tokenizer {args.tokenizer}; prompts with the chat template, responses bare)")
-  print(format_table(rows))
+
+  def body():
+    tokenizer = load_tokenizer(args.tokenizer)
+    rows = dataset_stats(args.dataset, tokenizer=tokenizer, manual_dir=args.manual_dir, data_dir=args.data_dir)
+    print(f"{args.dataset} (tokenizer {args.tokenizer}; prompts with the chat template, responses bare)")
+    print(format_table(rows))
+
+  return cli.run(body)
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(main())

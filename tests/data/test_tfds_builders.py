@@ -17,6 +17,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from paths import ROOT, SHARED_DATA
+from train_helpers import tree_digest
 from mlc_jax.data.langdetect import detect_language
 from mlc_jax.data.languages import LANGUAGE_SETS
 from mlc_jax.data.tfds_builders import common, xsafety
@@ -319,3 +320,101 @@ def test_xsafety_aligned_needs_equal_row_counts(tmp_path):
   message = r"'insult' has a different number of rows per language .*ja/Insult.csv: 3"
   with pytest.raises(ValueError, match=message):
     prepare("xsafety/aligned", tmp_path / "m", tmp_path / "tfds")
+
+
+# ----- builds follow their source files ---------------------------------------------------------------------
+
+
+def _write_multijail(root: Path, texts: list[str]) -> None:
+  rows = [[str(i), "anthropics", "\"['Theft']\"", *(f"{t} {lang}" for lang in LANGUAGE_SETS["multijail"])]
+          for i, t in enumerate(texts)]
+  _write(root / "multijail" / "MultiJail.csv", _multijail_csv(rows))
+
+
+def _write_dpo(root: Path, texts: list[str]) -> None:
+  lines = [_dpo_line(i, prompt=[{"from": "human", "value": t}]) for i, t in enumerate(texts)]
+  _write(root / "mlc" / "pku_saferlhf_safety_test.jsonl", "\n".join(lines) + "\n")
+
+
+def _write_mpo(root: Path, texts: list[str]) -> None:
+  _write(root / "mpo" / "qwen_mpo_data.json", json.dumps([_mpo_pair(t) for t in texts]))
+
+
+def _write_xsafety_insult(root: Path, texts: list[str]) -> None:
+  if not (root / "xsafety").is_dir():
+    _write_xsafety(root)
+  _write(root / "xsafety" / "de" / "Insult.csv", "".join(f"{t}\n" for t in texts))
+
+
+# dataset -> (write its source with these prompts, the number of examples that gives besides the prompts)
+SOURCES = {
+    "multijail": (_write_multijail, 0),
+    "mlc_pku_saferlhf/dpo": (_write_dpo, 0),
+    "mpo_pairs/qwen": (_write_mpo, 0),
+    "xsafety/long": (_write_xsafety_insult, 10 * 14 * 2 - 2),  # _write_xsafety's other files: 2 rows each
+}
+
+
+def _texts(n: int, word: str) -> list[str]:
+  return [f"{word} number {i}" for i in range(n)]
+
+
+@pytest.mark.parametrize("dataset", list(SOURCES))
+def test_a_build_follows_its_source_files(tmp_path, dataset, capfd):
+  write, others = SOURCES[dataset]
+  manual, data_dir = tmp_path / "m", os.fspath(tmp_path / "tfds")
+  read = lambda: records(common.prepared_builder(dataset, manual_dir=manual, data_dir=data_dir))
+  write(manual, _texts(9, "alpha"))
+  assert len(read()) == others + 9
+  capfd.readouterr()
+  assert len(read()) == others + 9 and "rebuilding" not in capfd.readouterr().err  # unchanged: reused
+  write(manual, _texts(3, "alpha"))  # the source shrank
+  assert len(read()) == others + 3
+  assert re.search(r"the source files in .* changed since it was built \(changed: .* bytes\)\); rebuilding it",
+                   capfd.readouterr().err)
+  write(manual, _texts(3, "gamma"))  # the same size, other text
+  got = json.dumps(read())
+  assert "gamma number 2" in got and "alpha" not in got
+  assert [p.name for p in (tmp_path / "tfds" / dataset).iterdir()] == ["1.0.0"]  # no leftovers of the rebuilds
+
+
+def test_a_failed_rebuild_leaves_the_old_build(tmp_path):
+  manual, data_dir = tmp_path / "m", os.fspath(tmp_path / "tfds")
+  _write_dpo(manual, _texts(4, "alpha"))
+  common.prepared_builder("mlc_pku_saferlhf/dpo", manual_dir=manual, data_dir=data_dir)
+  before = tree_digest(data_dir)
+  path = _write(manual / "mlc" / "pku_saferlhf_safety_test.jsonl", _dpo_line(0) + "\n{\n")
+  with pytest.raises(ValueError, match=re.escape(f"{path}, line 2: invalid JSON")):
+    common.prepared_builder("mlc_pku_saferlhf/dpo", manual_dir=manual, data_dir=data_dir)
+  assert tree_digest(data_dir) == before
+
+
+def test_a_build_from_before_source_records_is_rebuilt_once(tmp_path, capfd):
+  manual, data_dir = tmp_path / "m", os.fspath(tmp_path / "tfds")
+  _write_mpo(manual, _texts(2, "alpha"))
+  builder = common.prepared_builder("mpo_pairs/qwen", manual_dir=manual, data_dir=data_dir)
+  (builder.data_path / common.SOURCES_RECORD).unlink()
+  capfd.readouterr()
+  common.prepared_builder("mpo_pairs/qwen", manual_dir=manual, data_dir=data_dir)
+  assert "has no record of its source files; rebuilding it" in capfd.readouterr().err
+  common.prepared_builder("mpo_pairs/qwen", manual_dir=manual, data_dir=data_dir)
+  assert "rebuilding" not in capfd.readouterr().err
+
+
+def test_cli_reads_the_rebuilt_dataset(tmp_path):
+  """`python -m mlc_jax.data.stats` after the source shrank: the new count, and one line saying why."""
+  manual, data_dir = tmp_path / "m", tmp_path / "tfds"
+  stats = lambda: subprocess.run(
+      [sys.executable, "-m", "mlc_jax.data.stats", "--dataset", "mlc_pku_saferlhf/dpo", "--tokenizer", "byte",
+       "--manual_dir", os.fspath(manual), "--data_dir", os.fspath(data_dir)],
+      capture_output=True, text=True, timeout=120, cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  count = lambda out: {line.split()[2]: int(line.split()[3]) for line in out.stdout.splitlines()[2:]}["en"]
+  _write_dpo(manual, _texts(18, "alpha"))
+  first = stats()
+  assert first.returncode == 0 and count(first) == 18, first.stderr[-2000:]
+  _write_dpo(manual, _texts(6, "alpha"))
+  second = stats()
+  assert second.returncode == 0 and count(second) == 6, second.stderr[-2000:]
+  source = manual / "mlc"
+  assert (f"mlc_pku_saferlhf/dpo/1.0.0: the source files in {source} changed since it was built (changed: "
+          "pku_saferlhf_safety_test.jsonl (") in second.stderr

@@ -1,5 +1,5 @@
-"""What the mlc_jax TFDS builders share: the source folder, ArrayRecord storage, and readers whose errors name
-the file and the 1-based line."""
+"""What the mlc_jax TFDS builders share: the source folder, ArrayRecord storage, builds that are rebuilt when
+their source files change, and readers whose errors name the file and the 1-based line."""
 from __future__ import annotations
 
 import collections
@@ -9,6 +9,7 @@ import io
 import json
 import re
 import sys
+import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
@@ -16,9 +17,11 @@ import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
 
+from mlc_jax.data import fingerprint
 from mlc_jax.data.text_files import read_text, where  # noqa: F401  (where: used by the builders)
 
 _WHITESPACE = re.compile(r"\s*")
+SOURCES_RECORD = "mlc_jax_sources.json"  # in a build's folder: the fingerprint of the source files it was built from
 
 
 def require_text(value: str, place: str, field: str) -> str:
@@ -83,7 +86,8 @@ def decode(value: Any) -> Any:
 def prepared_builder(dataset: str, *, manual_dir: str, data_dir: str | None = None) -> tfds.core.DatasetBuilder:
   """The builder of an mlc_jax dataset (``NAME`` or ``NAME/CONFIG``), prepared from ``manual_dir`` if needed.
 
-  tfds prints its progress to stdout; it is sent to stderr so that stdout stays the caller's.
+  A build whose source files changed since is rebuilt (`SourceBuilder.download_and_prepare`). tfds prints its
+  progress to stdout; it is sent to stderr so that stdout stays the caller's.
   """
   from mlc_jax.data.tfds_builders import BUILDERS
 
@@ -112,8 +116,10 @@ def log_counts(what: str, counts: collections.Counter) -> None:
 class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """A builder that reads ``<manual_dir>/<SOURCE_DIR>/`` and stores ArrayRecord files (no TensorFlow needed).
 
-  Subclasses set ``SOURCE_DIR`` (and ``SPLIT``) and implement ``_info``, ``_generate_examples(source_dir)``
-  and ``texts``.
+  Every build records the fingerprint (paths, sizes, SHA-256) of the files of its source folder in
+  ``SOURCES_RECORD``; preparing it again from a folder whose files differ rebuilds it (see
+  ``download_and_prepare``). Subclasses set ``SOURCE_DIR`` (and ``SPLIT``) and implement ``_info``,
+  ``_generate_examples(source_dir)`` and ``texts``.
   """
 
   VERSION = tfds.core.Version("1.0.0")
@@ -153,7 +159,47 @@ class SourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return path
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    return {self.SPLIT: self._generate_examples(self._source_dir(dl_manager))}
+    source_dir = self._source_dir(dl_manager)
+    # self.data_path is the build's temporary folder here, renamed into place once the build is complete.
+    (self.data_path / SOURCES_RECORD).write_text(json.dumps(fingerprint.fingerprint(source_dir), indent=1))
+    return {self.SPLIT: self._generate_examples(source_dir)}
+
+  def _stale(self, manual_dir: epath.PathLike | None) -> str | None:
+    """Why the existing build no longer matches ``<manual_dir>/<SOURCE_DIR>``, or None if it does (or if there
+    is no such folder to compare with: the build is then all there is)."""
+    folder = epath.Path(manual_dir).expanduser() / self.SOURCE_DIR if manual_dir else None
+    if folder is None or not folder.is_dir():
+      return None
+    record = self.data_path / SOURCES_RECORD
+    if not record.is_file():
+      return f"the build in {self.data_dir} has no record of its source files"
+    built, now = json.loads(record.read_text()), fingerprint.fingerprint(folder)
+    if built == now:
+      return None
+    return f"the source files in {folder} changed since it was built ({fingerprint.changes(built, now)})"
+
+  def download_and_prepare(self, *, download_dir=None, download_config=None, **kwargs) -> None:
+    """tfds's, except that an existing build whose source files changed (`_stale`) is rebuilt: into a fresh
+    folder first, which then takes the old build's place, so that a failed rebuild leaves the old one as it was.
+    Says so on stderr."""
+    config = download_config or tfds.download.DownloadConfig()
+    stale = self.data_path.exists() and not config.download_mode.overwrite_dataset and self._stale(config.manual_dir)
+    if not stale:
+      super().download_and_prepare(download_dir=download_dir, download_config=config, **kwargs)
+      return
+    print(f"{self.info.full_name}: {stale}; rebuilding it", file=sys.stderr, flush=True)
+    token = uuid.uuid4().hex[:8]
+    fresh_root, aside = (self.data_path.parent / f".{what}-{self.version}-{token}" for what in ("rebuild", "stale"))
+    try:
+      fresh = type(self)(config=self.builder_config, data_dir=fresh_root, file_format=self.info.file_format)
+      fresh.download_and_prepare(download_dir=download_dir, download_config=config, **kwargs)
+      self.data_path.rename(aside)
+      fresh.data_path.rename(self.data_path)
+      aside.rmtree()
+    finally:
+      if fresh_root.exists():
+        fresh_root.rmtree()
+    self.info.read_from_directory(self.data_path)
 
   @staticmethod
   def texts(example: dict[str, Any]) -> Iterable[tuple[str, str, str]]:
