@@ -7,9 +7,11 @@ an override of an unknown key is caught here, before anything is compiled or wri
 from __future__ import annotations
 
 import ast
+import contextlib
 import importlib.util
 import json
 import os
+import traceback
 
 import ml_collections
 
@@ -36,18 +38,49 @@ def parse_arg(arg: str | None, *, file: str, defaults: dict[str, str],
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
-  """`path/to/config.py[:ARG]` → the ConfigDict its `get_config(ARG)` returns."""
+  """`path/to/config.py[:ARG]` → the ConfigDict its `get_config(ARG)` returns.
+
+  Whatever goes wrong in the file (a syntax error, an exception at import or in `get_config`, no `get_config`, a
+  result that is not a ConfigDict) is a `ConfigError` naming the file and, where there is one, the line.
+  """
   path, _, arg = spec.partition(":")
   if not os.path.isfile(path):
     raise ConfigError(f"--config: file {path!r} does not exist")
   module_spec = importlib.util.spec_from_file_location("_mlc_jax_config", path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
+  with _raised_in(path):
+    module_spec.loader.exec_module(module)
+  if not callable(getattr(module, "get_config", None)):
     raise ConfigError(f"--config: {path} has no get_config(arg) function")
-  config = module.get_config(arg or None)
+  with _raised_in(path, "get_config"):
+    config = module.get_config(arg or None)
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"{path}: get_config() returned {type(config).__name__}, not an ml_collections.ConfigDict")
   check_known_keys(config)
   return config
+
+
+@contextlib.contextmanager
+def _raised_in(path: str, what: str = ""):
+  """Any exception but a ConfigError (which already names its key) → `ConfigError('PATH: Type at line N: …')`, N the
+  deepest line of PATH in the traceback (a SyntaxError's own line)."""
+  try:
+    yield
+  except ConfigError:
+    raise
+  except Exception as e:
+    if isinstance(e, SyntaxError) and e.filename and _same_file(e.filename, path):
+      line = e.lineno
+    else:
+      lines = [f.lineno for f in traceback.extract_tb(e.__traceback__) if _same_file(f.filename, path)]
+      line = lines[-1] if lines else None
+    where = f" at line {line}" if line else (f" calling {what}()" if what else "")
+    message = " ".join((e.msg if isinstance(e, SyntaxError) else str(e)).split())  # one line
+    raise ConfigError(f"{path}: {type(e).__name__}{where}: {message}") from e
+
+
+def _same_file(a: str, b: str) -> bool:
+  return os.path.exists(a) and os.path.samefile(a, b)
 
 
 def flatten(config) -> dict[str, object]:
