@@ -4,7 +4,8 @@
 
 Loads IN_DIR with `load_hf`, writes OUT_DIR with `save_hf` (tokenizer files included when IN_DIR has them),
 reloads OUT_DIR and compares the logits of both on a few random tokens. A smoke test for your own checkpoints:
-a mapping or shape problem surfaces as a one-line error naming the tensor, and OUT_DIR is never half-written.
+a mapping or shape problem, a NaN or inf in a tensor, a broken JSON file or a tokenizer with more tokens than the model
+has embedding rows surfaces as a one-line error naming the tensor or file, and OUT_DIR is never half-written.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from mlc_jax import cli
 from mlc_jax.models.config import DTYPES
+from mlc_jax.models.out_dir import DiskFull
 
 
 class LogitsDiffer(RuntimeError):
@@ -34,26 +36,24 @@ def parse_args(argv):
   return parser.parse_args(argv)
 
 
-def _tokenizer_of(path: str):
-  if not os.path.isfile(os.path.join(path, "tokenizer_config.json")):
-    return None
-  import transformers
-  return transformers.AutoTokenizer.from_pretrained(path, local_files_only=True)
-
-
 def convert(from_hf: str, to_hf: str, *, dtype=jnp.float32, overwrite=False, check_tokens=16) -> float | None:
   """Converts and returns the max |Δlogit| between input and output (None when not checked)."""
-  from mlc_jax.models import load_hf, save_hf
-  from mlc_jax.models.hf_io import check_output_dir
+  from mlc_jax.data.tokenizer import check_fits_vocab, has_tokenizer_files, read_tokenizer
+  from mlc_jax.models import load_hf, read_config, save_hf
+  from mlc_jax.models.out_dir import check_output_dir
 
   check_output_dir(to_hf, overwrite=overwrite, sources={"input model": from_hf}, flag="--to_hf")
+  tokenizer = read_tokenizer(from_hf) if os.path.isdir(from_hf) and has_tokenizer_files(from_hf) else None
+  if tokenizer is not None:
+    check_fits_vocab(tokenizer, read_config(from_hf)[0].vocab_size, tokenizer_source=repr(from_hf),
+                     model_source=repr(os.path.join(from_hf, "config.json")))
   start = time.time()
   model = load_hf(from_hf, dtype=dtype)
   print(f"loaded {from_hf}: {model.cfg.family}, {model.cfg.num_params() / 1e6:.1f}M parameters "
         f"({time.time() - start:.1f}s)")
   ids = jnp.asarray(np.random.default_rng(0).integers(0, model.cfg.vocab_size, (1, max(check_tokens, 1))))
   expected = model(ids) if check_tokens else None
-  save_hf(model, to_hf, tokenizer=_tokenizer_of(from_hf), dtype=dtype, overwrite=overwrite)
+  save_hf(model, to_hf, tokenizer=tokenizer, dtype=dtype, overwrite=overwrite)
   print(f"wrote {to_hf}")
   del model  # the check reloads the output: never two models in memory
   if not check_tokens:
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     if diff is not None and diff != 0.0:
       raise LogitsDiffer(f"the converted checkpoint's logits differ from the input's by {diff:.3g}")
 
-  return cli.run(body, {LogitsDiffer: 1, cli.BAD_INPUT: 2})
+  return cli.run(body, {(LogitsDiffer, DiskFull): 1, cli.BAD_INPUT: 2})
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ DIR is the training workdir, a local path or a URL (gs://bucket/run); OUT is a l
 
 OUT gets what `save_hf` writes (config.json, safetensors, tokenizer) and, when the run trained an MLC
 extractor, `mlc_extractor.safetensors` (kernel [hidden, dim], bias [dim]) with `mlc_extractor.json`
-(representation layer, τ, normalisation) — not part of the HF model, so transformers ignores it.
+(representation layer, τ, normalisation) — not part of the HF model, so transformers ignores it. All of OUT is built
+in a folder beside it and swapped in by renames: the previous export stays whole until then (Ctrl-C, a kill or a
+full disk leaves it as it was), and a second export to OUT while one runs is refused.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from safetensors.numpy import save_file
 
 from mlc_jax import cli
 from mlc_jax.models.config import DTYPES
+from mlc_jax.models.out_dir import DiskFull
 
 EXTRACTOR_FILE = "mlc_extractor.safetensors"
 EXTRACTOR_META = "mlc_extractor.json"
@@ -84,14 +87,20 @@ def restore_params(workdir: str, step: int | None = None, *, mesh=None, to_host:
 
 
 def export(workdir: str, out: str, *, step: int | None = None, dtype=None, overwrite: bool = False) -> str:
-  from mlc_jax.data.tokenizer import load_tokenizer
-  from mlc_jax.models import save_hf
-  from mlc_jax.models.hf_io import check_output_dir
+  """Writes step `step` (default: the latest) of the run in `workdir` to `out` (see the module docstring).
 
-  from mlc_jax.train.workdir import is_remote
+  Refuses, before anything is written: a tokenizer with more tokens than the model has embedding rows, a NaN or inf
+  in any parameter (naming it and the step), an `out` that would lose data or that another export is writing.
+  """
+  from mlc_jax.data.tokenizer import check_fits_vocab, load_tokenizer
+  from mlc_jax.models.hf_io import check_finite, export_about, hf_bytes, param_arrays, write_hf
+  from mlc_jax.models.out_dir import check_output_dir, staged
+  from mlc_jax.train.workdir import check_usable, is_remote
 
   if is_remote(out):
     raise ValueError(f"--out {out!r}: the export is written to a local directory (copy it to a bucket afterwards)")
+  if is_remote(workdir):
+    check_usable(workdir)  # a URL that cannot be reached (no gcsfs, no credentials) is named
   run = load_run_config(workdir)
   sources = {"starting model": run.model.hf_path} if run.model.hf_path else {}
   protected = {}
@@ -100,13 +109,21 @@ def export(workdir: str, out: str, *, step: int | None = None, dtype=None, overw
     protected = {what: os.path.join(workdir, name) for what, name in (("checkpoints", "checkpoints"), (
         "reference cache", "reference"), ("TensorBoard logs", "tensorboard"))}
   check_output_dir(out, overwrite=overwrite, sources=sources, protected=protected)
+  tokenizer_path = run.tokenizer or run.model.hf_path or "byte"
+  tokenizer = load_tokenizer(tokenizer_path)
   run, model, extractor, step = restore_params(workdir, step, to_host=True)
-  tokenizer = load_tokenizer(run.tokenizer or run.model.hf_path or None)
-  save_hf(model, out, tokenizer=tokenizer, dtype=dtype, overwrite=overwrite)
-  if extractor is not None:
-    save_file({k: np.asarray(extractor[k], np.float32) for k in ("kernel", "bias")}, os.path.join(out, EXTRACTOR_FILE))
-    with open(os.path.join(out, EXTRACTOR_META), "w") as f:
-      json.dump({**run.mlc.metadata(model.cfg), "step": step}, f, indent=2)
+  check_fits_vocab(tokenizer, model.cfg.vocab_size, tokenizer_source=f"{tokenizer_path!r} (the run's tokenizer)",
+                   model_source=f"at step {step} of {workdir}")
+  extractor = {k: np.asarray(extractor[k], np.float32) for k in ("kernel", "bias")} if extractor is not None else None
+  check_finite({**param_arrays(model), **{f"extractor/{k}": v for k, v in (extractor or {}).items()}},
+               f"the checkpoint at step {step} of {workdir}: parameter")
+  about = export_about(model, workdir=str(workdir), step=step)
+  with staged(out, overwrite=overwrite, needed_bytes=hf_bytes(model, dtype), about=about) as folder:
+    write_hf(model, folder, tokenizer, dtype=dtype)
+    if extractor is not None:
+      save_file(extractor, os.path.join(folder, EXTRACTOR_FILE))
+      with open(os.path.join(folder, EXTRACTOR_META), "w") as f:
+        json.dump({**run.mlc.metadata(model.cfg), "step": step}, f, indent=2)
   print(f"exported step {step} of {workdir} to {out}")
   return out
 
@@ -124,7 +141,7 @@ def main(argv=None) -> int:
     export(args.workdir, args.out, step=args.step, dtype=DTYPES[args.dtype] if args.dtype else None,
            overwrite=args.overwrite)
 
-  return cli.run(body)
+  return cli.run(body, {DiskFull: 1, cli.BAD_INPUT: 2})
 
 
 if __name__ == "__main__":

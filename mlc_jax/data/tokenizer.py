@@ -38,8 +38,11 @@ from __future__ import annotations
 
 import os
 
+import transformers
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from mlc_jax import json_file
 
 NUM_BYTES = 256
 
@@ -64,6 +67,10 @@ SYSTEM_ID = SPECIAL_TOKEN_IDS[SYSTEM_TOKEN]  # 261
 BYTE_VOCAB_SIZE = 512
 NUM_RESERVED = BYTE_VOCAB_SIZE - NUM_BYTES - len(SPECIAL_TOKENS)  # 250
 RESERVED_TOKENS = tuple(f"<|reserved_{k}|>" for k in range(NUM_RESERVED))
+
+# The files of a Hugging Face tokenizer folder (it has at least one of them); the .json ones are checked before loading.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model", "vocab.json",
+                   "vocab.txt", "merges.txt", "special_tokens_map.json", "added_tokens.json")
 
 # Every line is whitespace-trimmed by the `-` markers, so the rendered text contains only what is printed.
 CHAT_TEMPLATE = (
@@ -151,16 +158,35 @@ def chat_prompts(tokenizer: PreTrainedTokenizerBase, texts, *, system: str | Non
 
 
 def load_tokenizer(path: str | os.PathLike | None) -> PreTrainedTokenizerBase:
-    """``None`` or ``"byte"``: the built-in byte tokenizer; otherwise a Hugging Face tokenizer from a local
-    directory (never downloaded). The tokenizer must have a chat template.
+    """``None`` or ``"byte"``: the built-in byte tokenizer; otherwise `read_tokenizer(path)`, which must have a chat
+    template.
 
     Raises:
-      FileNotFoundError: the path does not exist.
-      NotADirectoryError: the path is not a directory.
-      ValueError: the tokenizer has no chat template.
+      FileNotFoundError, NotADirectoryError, ValueError: see `read_tokenizer`; ValueError: no chat template.
     """
     if path is None or (isinstance(path, str) and path == "byte"):
         return byte_tokenizer()
+    tokenizer = read_tokenizer(path)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            f"tokenizer at {os.fspath(path)!r} has no chat template; a chat template is required "
+            "(prompts are rendered with apply_chat_template)"
+        )
+    return tokenizer
+
+
+def has_tokenizer_files(path: str | os.PathLike) -> bool:
+    return any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES)
+
+
+def read_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
+    """The Hugging Face tokenizer in the local directory `path` (never downloaded).
+
+    Raises:
+      FileNotFoundError: the path does not exist, or holds none of `TOKENIZER_FILES`.
+      NotADirectoryError: the path is not a directory.
+      ValueError: a tokenizer file is broken (a JSON one is named; otherwise the files tried are).
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(
@@ -169,13 +195,22 @@ def load_tokenizer(path: str | os.PathLike | None) -> PreTrainedTokenizerBase:
         )
     if not os.path.isdir(path):
         raise NotADirectoryError(f"tokenizer path {path!r} is not a directory")
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
-            f"tokenizer at {path!r} has no chat template; a chat template is required "
-            "(prompts are rendered with apply_chat_template)"
-        )
-    return tokenizer
+    present = [name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(path, name))]
+    if not present:
+        raise FileNotFoundError(f"tokenizer path {path!r} has no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, …)")
+    for name in present:
+        if name.endswith(".json"):
+            json_file.read(os.path.join(path, name))
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # a broken file is the one line below, not transformers' paragraphs
+    try:
+        return AutoTokenizer.from_pretrained(path, local_files_only=True)
+    except Exception as e:  # noqa: BLE001  (tokenizers, sentencepiece and transformers each raise their own)
+        reason = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"the tokenizer in {path!r} ({', '.join(present)}) cannot be loaded: "
+                         f"{type(e).__name__}: {reason}") from None
+    finally:
+        transformers.logging.set_verbosity(verbosity)
 
 
 def check_fits_vocab(tokenizer: PreTrainedTokenizerBase, vocab_size: int, *, tokenizer_source: str,

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
-import shutil
-import tempfile
 from typing import Any
 
 import jax
@@ -19,14 +18,15 @@ from jax.sharding import Mesh, SingleDeviceSharding
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from mlc_jax import json_file
 from mlc_jax.models.config import ModelConfig
 from mlc_jax.models.decoder import Decoder
 from mlc_jax.models.families import Family, ParamRule, family_for
+from mlc_jax.models.out_dir import EXPORT_MARKER, check_output_dir, staged
 from mlc_jax.parallel import sharding as sharding_lib
 
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
-EXPORT_MARKER = "mlc_jax_export.json"  # written into every directory save_hf writes
 MAX_SHARD_SIZE = 5 * 1024**3
 MIN_DEFAULT_SHARD_SIZE = 256 * 1024**2
 
@@ -42,16 +42,23 @@ class CheckpointError(ValueError):
 
 
 def read_config(path: str) -> tuple[ModelConfig, Family]:
-  """The model config and family of a local HF directory."""
+  """The model config and family of a local HF directory.
+
+  Its JSON files (config.json, generation_config.json, the shard index) are checked here: a broken one is named.
+  """
   config_file = os.path.join(path, "config.json")
   if not os.path.isdir(path):
     raise FileNotFoundError(f"HF model directory {path!r} does not exist")
   if not os.path.isfile(config_file):
     raise FileNotFoundError(f"{config_file} is missing: not a Hugging Face model directory")
-  with open(config_file) as f:
-    model_type = json.load(f).get("model_type")
-  family = family_for(model_type, source=config_file)
-  hf_config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+  family = family_for(json_file.read(config_file).get("model_type"), source=config_file)
+  for name in ("generation_config.json", SAFE_INDEX):  # read by transformers and vLLM when they load the folder
+    if os.path.isfile(os.path.join(path, name)):
+      json_file.read(os.path.join(path, name))
+  try:
+    hf_config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
+  except (ValueError, TypeError, KeyError, OSError) as e:
+    raise CheckpointError(f"{config_file} cannot be read by transformers ({type(e).__name__}: {e})") from None
   return family.config_from_hf(hf_config), family
 
 
@@ -59,8 +66,9 @@ def _weight_map(path: str) -> dict[str, str]:
   """HF tensor name → safetensors file path, checking that every listed shard exists."""
   index_file = os.path.join(path, SAFE_INDEX)
   if os.path.isfile(index_file):
-    with open(index_file) as f:
-      weight_map = json.load(f)["weight_map"]
+    weight_map = json_file.read(index_file).get("weight_map")
+    if not isinstance(weight_map, dict):
+      raise CheckpointError(f"{index_file} has no \"weight_map\" object (tensor name → shard file)")
     missing = sorted({fn for fn in weight_map.values() if not os.path.isfile(os.path.join(path, fn))})
     if missing:
       raise FileNotFoundError(f"{index_file} lists shard(s) that are missing: {', '.join(missing)}")
@@ -118,9 +126,30 @@ class _TensorReader:
       raise CheckpointError(f"tensor {name!r} in {os.path.basename(file)} is {dtype}, not a float: quantised or "
                             "integer weights are not supported (convert from a float checkpoint)")
     try:
-      return handle.get_tensor(name)
+      tensor = handle.get_tensor(name)
     except Exception as e:  # noqa: BLE001
       raise CheckpointError(f"tensor {name!r} cannot be read from {file} ({e}); the file may be truncated") from None
+    check_finite({name: tensor}, f"{file}: tensor")
+    return tensor
+
+
+def check_finite(arrays: dict[str, Any], what: str) -> None:
+  """Refuses NaN or inf in any of `arrays` (`{name: array}`), naming the first such array after `what`.
+
+  Raises:
+    CheckpointError: "`what` 'name' [shape] has N non-finite values (NaN or inf) of M".
+  """
+  for name, array in arrays.items():
+    array = np.asarray(array)
+    bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+    if bad:
+      raise CheckpointError(f"{what} {name!r} {list(array.shape)} has {bad} non-finite values (NaN or inf) of "
+                            f"{array.size}: a model with them computes NaN")
+
+
+def param_arrays(model: Decoder) -> dict[str, jax.Array]:
+  """`model`'s parameters by path ("blocks/attn/q_proj", …)."""
+  return {k: v[...] for k, v in _flat_params(nnx.state(model, nnx.Param)).items()}
 
 
 def _flat_params(state: nnx.State) -> dict[str, nnx.Variable]:
@@ -193,57 +222,46 @@ def _piece_reader(reader: _TensorReader, rule: ParamRule, shape: tuple[int, ...]
   return piece
 
 
-def check_output_dir(out_dir: str, *, overwrite: bool, sources: dict[str, str] | None = None,
-                     protected: dict[str, str] | None = None, flag: str = "--out") -> None:
-  """Refuses an output directory that would lose data, naming the paths involved (`FileExistsError`/`ValueError`).
-
-  `sources` (`{what: path}`: an input model, a training workdir) may be neither `out_dir`, nor inside it, nor contain
-  it, except that a new sub-folder of a training workdir is fine when it is not inside one of the `protected`
-  folders (`{what: path}`: the workdir's checkpoints and caches). An existing non-empty `out_dir` is replaced only
-  with `overwrite` and only when it holds a previous export (`EXPORT_MARKER`). `flag` names the output in messages.
-  """
-  out = os.path.realpath(out_dir)
-  inside = lambda path, folder: os.path.commonpath([path, folder]) == folder
-  for what, path in (protected or {}).items():
-    if inside(out, os.path.realpath(path)):
-      raise ValueError(f"{flag} {out_dir!r} lies inside the {what} {path!r}; write the export somewhere else")
-  for what, path in (sources or {}).items():
-    src = os.path.realpath(path)
-    if out == src or inside(src, out):
-      raise ValueError(f"{flag} {out_dir!r} is or contains the {what} {path!r}; writing there would delete it")
-    if what != "training workdir" and inside(out, src):
-      raise ValueError(f"{flag} {out_dir!r} lies inside the {what} {path!r}; write the export somewhere else")
-  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-    raise FileExistsError(f"{out_dir!r} is a file; refusing to replace it")
-  if os.path.isdir(out_dir) and os.listdir(out_dir):
-    if not overwrite:
-      raise FileExistsError(f"{out_dir!r} exists and is not empty; refusing to overwrite it (--overwrite replaces a "
-                            "previous export)")
-    if not os.path.isfile(os.path.join(out_dir, EXPORT_MARKER)):
-      raise FileExistsError(f"{out_dir!r} is not a previous export (it has no {EXPORT_MARKER}); --overwrite only "
-                            "replaces what mlc_jax wrote, never an arbitrary directory")
-
-
 def save_hf(model: Decoder, out_dir: str, tokenizer=None, *, dtype=None, overwrite: bool = False,
             max_shard_size: int | None = None) -> str:
-  """Writes `model` as an HF directory that `AutoModelForCausalLM.from_pretrained` loads.
+  """Writes `model` as an HF directory that `AutoModelForCausalLM.from_pretrained` loads (see `write_hf`).
+
+  The directory is built whole beside `out_dir` and swapped in (`out_dir.staged`: one writer at a time, the process
+  umask, a failure or Ctrl-C never leaves a half-written or clobbered `out_dir`); an existing non-empty `out_dir` is
+  refused unless `overwrite=True` and it holds a previous export (`EXPORT_MARKER`): an arbitrary directory is never
+  replaced.
+  """
+  check_output_dir(out_dir, overwrite=overwrite)
+  with staged(out_dir, overwrite=overwrite, needed_bytes=hf_bytes(model, dtype), about=export_about(model)) as tmp:
+    write_hf(model, tmp, tokenizer, dtype=dtype, max_shard_size=max_shard_size)
+  return out_dir
+
+
+def export_about(model: Decoder, **more) -> dict:
+  """What `EXPORT_MARKER` records of an export of `model`."""
+  return {"written_by": "mlc_jax", "family": model.cfg.family, **more}
+
+
+def hf_bytes(model: Decoder, dtype=None) -> int:
+  """About the bytes `write_hf` puts on disk: the tensors plus 1 MiB for the JSON and tokenizer files."""
+  return sum(a.size * np.dtype(dtype or a.dtype).itemsize for a in param_arrays(model).values()) + 2**20
+
+
+def write_hf(model: Decoder, folder: str, tokenizer=None, *, dtype=None, max_shard_size: int | None = None) -> None:
+  """Writes `model` into the existing directory `folder` as an HF model directory.
 
   Writes config.json, generation_config.json, safetensors shards of at most `max_shard_size` bytes (with
-  model.safetensors.index.json when sharded) and the tokenizer files when a tokenizer is given. Everything is
-  written to a temporary directory first and renamed into place, so a failure never leaves a half-written
-  or clobbered `out_dir`; an existing non-empty `out_dir` is refused unless `overwrite=True` and it holds a previous
-  export (`EXPORT_MARKER`, written beside the model): an arbitrary directory is never replaced.
-
-  Shards are converted and written one at a time, so peak memory is the parameters plus one shard.
+  model.safetensors.index.json when sharded) and the tokenizer files when a tokenizer is given, whose bos / eos / pad
+  ids go into both configs (so `generate` stops at its eos). Shards are converted and written one at a time, so
+  peak memory is the parameters plus one shard.
 
   Args:
     dtype: tensor dtype on disk (default: the parameters' dtype).
     max_shard_size: bytes per safetensors file (default: `default_shard_size` of the model).
   """
-  cfg = model.cfg
+  cfg = model.cfg if tokenizer is None else with_token_ids(model.cfg, tokenizer)
   family = family_for(cfg.family, source="ModelConfig.family")
-  check_output_dir(out_dir, overwrite=overwrite)
-  params = {k: v[...] for k, v in _flat_params(nnx.state(model, nnx.Param)).items()}
+  params = param_arrays(model)
   table = family.rules(cfg)
   _check_coverage(table, params, family)
 
@@ -270,29 +288,25 @@ def save_hf(model: Decoder, out_dir: str, tokenizer=None, *, dtype=None, overwri
     array = params[rule.ours] if layer is None else params[rule.ours][layer]
     return np.ascontiguousarray(rule.layout.to_hf(np.asarray(array)).astype(structs[name].dtype))
 
-  parent = os.path.dirname(os.path.abspath(out_dir))
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".tmp-save_hf-", dir=parent)
-  try:
-    for filename, names in split.filename_to_tensors.items():
-      save_file({n: materialise(n) for n in names}, os.path.join(tmp, filename), metadata={"format": "pt"})
-    if split.is_sharded:
-      index = {"metadata": {"total_size": total_bytes},
-               "weight_map": split.tensor_to_filename}
-      with open(os.path.join(tmp, SAFE_INDEX), "w") as f:
-        json.dump(index, f, indent=2, sort_keys=True)
-    hf_config = family.config_to_hf(cfg)
-    hf_config.dtype = str(np.dtype(dtype or params["embed"].dtype))
-    hf_config.save_pretrained(tmp)
-    transformers.GenerationConfig.from_model_config(hf_config).save_pretrained(tmp)
-    if tokenizer is not None:
-      tokenizer.save_pretrained(tmp)
-    with open(os.path.join(tmp, EXPORT_MARKER), "w") as f:
-      json.dump({"written_by": "mlc_jax.models.save_hf", "family": cfg.family}, f)
-    if os.path.isdir(out_dir):
-      shutil.rmtree(out_dir)
-    os.replace(tmp, out_dir)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  return out_dir
+  for filename, names in split.filename_to_tensors.items():
+    save_file({n: materialise(n) for n in names}, os.path.join(folder, filename), metadata={"format": "pt"})
+  if split.is_sharded:
+    index = {"metadata": {"total_size": total_bytes}, "weight_map": split.tensor_to_filename}
+    with open(os.path.join(folder, SAFE_INDEX), "w") as f:
+      json.dump(index, f, indent=2, sort_keys=True)
+  hf_config = family.config_to_hf(cfg)
+  hf_config.dtype = str(np.dtype(dtype or params["embed"].dtype))
+  hf_config.save_pretrained(folder)
+  transformers.GenerationConfig.from_model_config(hf_config).save_pretrained(folder)
+  if tokenizer is not None:
+    tokenizer.save_pretrained(folder)
+
+
+def with_token_ids(cfg: ModelConfig, tokenizer) -> ModelConfig:
+  """`cfg` with the tokenizer's bos / pad ids and its eos id (an eos list of `cfg` that holds it is kept: chat models
+  stop at several), where the tokenizer has them."""
+  eos = tokenizer.eos_token_id
+  eos_kept = eos is None or eos == cfg.eos_token_id or (isinstance(cfg.eos_token_id, tuple) and eos in cfg.eos_token_id)
+  ids = {"bos_token_id": tokenizer.bos_token_id, "pad_token_id": tokenizer.pad_token_id,
+         "eos_token_id": None if eos_kept else eos}
+  return dataclasses.replace(cfg, **{k: v for k, v in ids.items() if v is not None})
