@@ -4,6 +4,7 @@ time, and a resumable position (the checkpoint's `data` item)."""
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import time
 from collections.abc import Callable
 
@@ -21,16 +22,26 @@ RESPONSE_KEYS = ("response_ids", "response_lengths")
 SampleFn = Callable[[object, tuple, int], tuple]
 
 
+@dataclasses.dataclass(frozen=True)
+class SamplingTime:
+  """The sampler's time before a step: `seconds` in the sampler call (0 on a block's later steps), and `wait_s`
+  before it, waiting for the parameters it samples with (the devices finishing the step just dispatched: the train
+  step's time, not the sampler's)."""
+
+  seconds: float
+  wait_s: float
+
+
 class TrainBatches:
-  """Yields `(host_batch, device_batch, sampling_seconds)` for each step.
+  """Yields `(host_batch, device_batch, SamplingTime | None)` for each step.
 
   The next pipeline batch (and, without sampling, its transfer to the devices) is prepared on one background
   thread while the current step runs; each carries the pipeline position after it, so `get_state` is the position
   of what was consumed, not of what was prefetched. Without `sample`, one pipeline batch per step
-  (`sampling_seconds` None). With it, at every `every`-th step the next `every` batches (fewer at the end of the
+  (`SamplingTime` None). With it, at every `every`-th step the next `every` batches (fewer at the end of the
   run) are pulled and the current parameters answer all their prompts in one sampler call; the responses of the
   batch of step `block_start + j` therefore come from the parameters of `block_start` (j steps old; `every=1` is
-  strictly on-policy). The sampling seconds are reported on the block's first step, 0 on the others.
+  strictly on-policy). The sampling time is reported on the block's first step, 0 on the others.
   Call `close()` at the end (the trainer does).
   """
 
@@ -60,21 +71,23 @@ class TrainBatches:
   def _position(self) -> dict:
     return self._iterator.get_state() if self._consumed_state is None else self._consumed_state
 
-  def next(self, params, step: int) -> tuple[dict, dict, float | None]:
+  def next(self, params, step: int) -> tuple[dict, dict, SamplingTime | None]:
     """The batch of step index `step` (0-based), sampling a new block with `params` when one is due."""
     if self._sample is None:
       host, batch = self._pull()
       return host, batch, None
-    seconds = 0.0
+    timing = SamplingTime(0.0, 0.0)
     if step >= self._block_start + len(self._block):
-      start = time.perf_counter()
       self._block_state, self._block_start = self._position(), step
       hosts = [self._pull()[0] for _ in range(min(self._every, self._total - step))]
-      sampled = jax.block_until_ready(self._sample(params, tuple(self._to_device(h) for h in hosts), step))
-      self._block = list(zip(hosts, sampled))
-      seconds = time.perf_counter() - start
+      batches = tuple(self._to_device(h) for h in hosts)
+      waited = time.perf_counter()
+      jax.block_until_ready(params)
+      start = time.perf_counter()
+      self._block = list(zip(hosts, jax.block_until_ready(self._sample(params, batches, step))))
+      timing = SamplingTime(time.perf_counter() - start, start - waited)
     host, batch = self._block[step - self._block_start]
-    return host, batch, seconds
+    return host, batch, timing
 
   def close(self) -> None:
     self._worker.shutdown(wait=True, cancel_futures=True)

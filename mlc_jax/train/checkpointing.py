@@ -46,11 +46,13 @@ def _size(num_bytes: float) -> str:
 
 
 def _disk_full(mngr: ocp.CheckpointManager, needed: int) -> CheckpointWriteError:
-  free = shutil.disk_usage(str(mngr.directory)).free
+  free, latest = shutil.disk_usage(str(mngr.directory)).free, mngr.latest_step()
+  kept = ("there is no complete checkpoint yet" if latest is None
+          else f"the newest complete checkpoint (step {latest}) is intact")
   return CheckpointWriteError(
       f"no space left on the device of {mngr.directory} while writing a checkpoint: it needs about "
-      f"{_size(needed)} and {_size(free)} are free; the newest complete checkpoint (step {mngr.latest_step()}) is "
-      "intact. Free some space (or lower checkpoint.keep) and run the same command again")
+      f"{_size(needed)} and {_size(free)} are free; {kept}. Free some space (or lower checkpoint.keep) and run the "
+      "same command again")
 
 
 def _write_error(mngr: ocp.CheckpointManager, state, error: Exception) -> Exception:

@@ -1,5 +1,8 @@
 """Training metrics: averaged over each logging window, written to WORKDIR/metrics.jsonl and TensorBoard.
 
+A window is `log_every` steps; the last step of a run (the final one, or the one a signal stopped at) closes the
+window it is in, however short, so every step's metrics are written.
+
 Per-language metrics arrive as per-language sums `by_language/<name>` `[K]` and counts `by_language/count`
 (see `step.per_language_sums`); they are written as `<name>/<language>`, the mean over the window's
 examples in that language (languages with no example in the window are left out).
@@ -84,8 +87,10 @@ class MetricsWriter:
     self._tokens, self._seconds, self._flops = 0, 0.0, 0.0
     self.peak_flops = peak_flops
 
-  def add(self, step: int, metrics: dict, *, tokens: int, seconds: float, flops: float = 0.0) -> dict | None:
-    """Adds one step (its analytic model FLOPs `flops`); returns the written record on logging steps, else None."""
+  def add(self, step: int, metrics: dict, *, tokens: int, seconds: float, flops: float = 0.0,
+          last: bool = False) -> dict | None:
+    """Adds one step (its analytic model FLOPs `flops`); returns the written record on logging steps (every
+    `log_every`-th, and the `last` step of a run, which closes a partial window), else None."""
     applied = metrics.get("mlc_applied", 0.0) > 0
     for key, value in metrics.items():
       if key == "mlc_applied" or (key in MLC_KEYS and not applied):
@@ -98,7 +103,7 @@ class MetricsWriter:
     self._tokens += tokens
     self._seconds += seconds
     self._flops += flops
-    if step % self.log_every:
+    if step % self.log_every and not last:
       return None
     seconds = max(self._seconds, 1e-9)
     record = {"step": step, **{k: self._sums[k] / self._counts[k] for k in sorted(self._sums)},

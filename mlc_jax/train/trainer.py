@@ -27,7 +27,7 @@ from mlc_jax.parallel import devices
 from mlc_jax.parallel.mesh import make_mesh, num_slices
 from mlc_jax.train import checkpointing
 from mlc_jax.train import workdir as workdir_lib
-from mlc_jax.train.batches import TrainBatches
+from mlc_jax.train.batches import SamplingTime, TrainBatches
 from mlc_jax.train.metrics import MetricsWriter
 from mlc_jax.train.reference import precompute
 from mlc_jax.train.state import TrainState, abstract_train_state, init_train_state, initial_model_params
@@ -60,7 +60,7 @@ class _Dispatched:
   flops: float
   started: float  # perf_counter when the loop began preparing its batch
   host_batch_s: float  # how long the loop waited for its batch (prefetched: ~0)
-  sampling_s: float | None
+  sampling: SamplingTime | None
 
 
 @dataclasses.dataclass
@@ -191,9 +191,11 @@ def _train(prepared: Prepared, config, workdir: str, primary: bool, restore_step
         raise NonFiniteLoss(f"step {p.step}: the loss is {metrics['loss']} ({parts}); stopping without saving "
                             f"this state; {_last_checkpoint(ckpt, workdir)}")
       metrics["host_batch_s"] = p.host_batch_s
-      if p.sampling_s is not None:
-        metrics["sampling_share"] = p.sampling_s / seconds
-      logged = writer.add(p.step, metrics, tokens=p.tokens, seconds=seconds, flops=p.flops)
+      if p.sampling is not None:
+        metrics["sampling_share"] = p.sampling.seconds / seconds
+        metrics["sampling_wait_s"] = p.sampling.wait_s
+      logged = writer.add(p.step, metrics, tokens=p.tokens, seconds=seconds, flops=p.flops,
+                          last=p.step == prepared.total_steps or watchdog.preempted)
       if logged:
         bar.set_postfix({k: f"{logged[k]:.4g}" for k in ("loss", "reward_acc", "tokens_per_s") if k in logged})
       bar.update(1)
@@ -205,14 +207,14 @@ def _train(prepared: Prepared, config, workdir: str, primary: bool, restore_step
         # logging or its next batch (prepared by `batches` meanwhile); a step to be saved is checked first.
         watchdog.started(step + 1)
         started = time.perf_counter()
-        host_batch, batch, sampling_s = batches.next(state.params["model"], step)
-        host_batch_s = time.perf_counter() - started - (sampling_s or 0.0)
+        host_batch, batch, sampling = batches.next(state.params["model"], step)
+        host_batch_s = time.perf_counter() - started - (sampling.seconds + sampling.wait_s if sampling else 0.0)
         flops = step_flops(run, prepared.model_cfg, {k: v.shape for k, v in host_batch.items()},
                            mlc_share=float(step % run.mlc.aux_every == 0))
         state, metrics = train_step(state, batch)
         step += 1
         previous, pending = pending, _Dispatched(step, metrics, tokenized.total_tokens(host_batch), flops, started,
-                                                 host_batch_s, sampling_s)
+                                                 host_batch_s, sampling)
         if previous is not None:
           finish(previous)
         if step == prepared.total_steps or ckpt.should_save(step) or watchdog.preempted:
