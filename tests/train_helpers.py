@@ -88,6 +88,16 @@ def run_cli(*args, timeout=300, env=None) -> subprocess.CompletedProcess:
                         env={**os.environ, **SUBPROCESS_ENV, **(env or {})})
 
 
+def one_error_line(done, *fragments) -> str:
+  """The run failed with exactly one stderr line containing every fragment; returns that line."""
+  err = done.stderr.strip().splitlines()
+  assert err and err[-1].startswith("error: "), done.stderr[-3000:]
+  for fragment in fragments:
+    assert fragment in err[-1], (fragment, err[-1])
+  assert sum(line.startswith("error: ") for line in err) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+  return err[-1]
+
+
 def run_train(workdir, *overrides, kill_after=None, args=(), timeout=300) -> subprocess.CompletedProcess:
   """The training CLI on the small demo config (6 steps, a checkpoint every 2), SIGKILLed after step `kill_after`."""
   launcher = ["-m", "mlc_jax.train"] if kill_after is None else [ROOT / "tests" / "faults.py", "kill_after", kill_after]

@@ -15,7 +15,7 @@ import pytest
 from cpu_mesh import xla_flags
 from paths import SHARED_DATA
 from safetensors.numpy import load_file, save_file
-from train_helpers import DEMO, SMALL, SUBPROCESS_ENV, run_cli, run_train, tree_digest
+from train_helpers import DEMO, SMALL, SUBPROCESS_ENV, one_error_line, run_cli, run_train, tree_digest
 
 from mlc_jax.config import Section
 from mlc_jax.config.run import SECTIONS, TopLevel
@@ -23,16 +23,6 @@ from mlc_jax.data.tokenizer import byte_tokenizer
 from mlc_jax.models import get_preset, init_model, save_hf
 from mlc_jax.objectives import OBJECTIVES
 from mlc_jax.train import __main__ as train_cli
-
-
-def one_error_line(done, *fragments):
-  """The run failed with exactly one stderr line containing every fragment."""
-  err = done.stderr.strip().splitlines()
-  assert err and err[-1].startswith("error: "), done.stderr[-3000:]
-  for fragment in fragments:
-    assert fragment in err[-1], (fragment, err[-1])
-  assert sum(line.startswith("error: ") for line in err) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
-  return err[-1]
 
 
 @pytest.fixture(scope="module")
