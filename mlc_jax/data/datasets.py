@@ -7,6 +7,8 @@ tokenized dataset (`TokenizedData`, `MpoTokenizedData`, `PromptOnlyData`) that t
 from __future__ import annotations
 
 import dataclasses
+import os
+import sys
 from collections.abc import Callable
 
 from mlc_jax.config.fields import ConfigError
@@ -64,9 +66,19 @@ def _check_mpo_pairs(data):
 def _load_mpo_pairs(run, tokenizer) -> tokenized.MpoTokenizedData:
   data = run.data
   try:
-    examples, dropped = load_mpo_pairs(data.name, data.langs, manual_dir=data.manual_dir, data_dir=data.data_dir)
+    examples, dropped, untranslated = load_mpo_pairs(data.name, data.langs, manual_dir=data.manual_dir,
+                                                     data_dir=data.data_dir)
   except (OSError, ValueError) as e:
     raise ConfigError(f"data: {e}") from e
+  if untranslated:
+    from mlc_jax.data.tfds_builders import mpo_pairs
+
+    source = os.path.join(data.manual_dir, mpo_pairs.MpoPairs.SOURCE_DIR,
+                          mpo_pairs.FILE.format(config=data.name.removeprefix(MPO_DATASET_PREFIX)))
+    where = "; ".join(f"{lang}: {', '.join(map(str, indices))}" for lang, indices in untranslated.items())
+    print(f"warning: data: left out {sum(map(len, untranslated.values()))} pairs of {data.name} whose target prompt "
+          f"is in their dominant language, which would train nothing (indices in {source} by language: {where})",
+          file=sys.stderr)
   pairs = tokenized.tokenize_mpo(examples, tokenizer, data.limits)
   pairs = run.objective.arrange(run, pairs)
   count = lambda codes, which: ", ".join(f"{code} {int((which == i).sum())}" for i, code in enumerate(codes))

@@ -276,9 +276,12 @@ def _mpo_side(index: int, side: dict) -> PreferenceExample:
                            rejected=side["rejected"], pair_language=language)
 
 
-def load_mpo_pairs(name: str, langs: str | Sequence[str], *, manual_dir: str | None = None,
-                   data_dir: str | None = None) -> tuple[list[MpoExample], dict[str, int]]:
+def load_mpo_pairs(name: str, langs: str | Sequence[str], *, manual_dir: str | None = None, data_dir: str | None = None
+                   ) -> tuple[list[MpoExample], dict[str, int], dict[str, list[int]]]:
   """MPO examples from the TFDS dataset ``name`` (``mpo_pairs/llama|gemma|qwen``) whose target is in ``langs``.
+
+  A pair whose target prompt is in its dominant prompt's language (an untranslated copy, as 22 Gemma pairs are)
+  would pull a pair's reward gap onto its own: it is left out, and returned so that the caller can say so.
 
   Args:
     name: the dataset (``data.name``); prepared from ``manual_dir`` on first use.
@@ -286,11 +289,12 @@ def load_mpo_pairs(name: str, langs: str | Sequence[str], *, manual_dir: str | N
     manual_dir, data_dir: as for ``load_preferences``.
 
   Returns:
-    ``(examples, dropped)``: the examples, and per target language the number left out because it is not in
-    ``langs`` (``unknown`` for a target prompt whose language was not detected, e.g. an empty one).
+    ``(examples, dropped, untranslated)``: the examples; per target language the number left out because it is
+    not in ``langs`` (``unknown`` for a target prompt whose language was not detected, e.g. an empty one); and
+    per language the positions in the file (``index``) of the pairs left out because both sides are in it.
 
   Raises:
-    ValueError: ``name`` is not an MPO dataset, or no example has a target language in ``langs``.
+    ValueError: ``name`` is not an MPO dataset, or no example is left.
   """
   from mlc_jax.data.tfds_builders import common
 
@@ -299,16 +303,20 @@ def load_mpo_pairs(name: str, langs: str | Sequence[str], *, manual_dir: str | N
                      "or mpo_pairs/qwen)")
   languages = resolve_languages(langs, available=LANGUAGE_SETS["mpo"], key="data.langs")
   builder = common.prepared_builder(name, manual_dir=manual_dir, data_dir=data_dir or None)
-  examples, dropped = [], {}
+  examples, dropped, untranslated = [], {}, {}
   for record in common.read_split(builder, "train"):
     target_language = record["target"]["prompt_language"]
     if target_language not in languages:
       dropped[target_language] = dropped.get(target_language, 0) + 1
       continue
+    if target_language == record["source"]["prompt_language"]:
+      untranslated.setdefault(target_language, []).append(record["index"])
+      continue
     index = len(examples)  # the position among the kept examples (what batches index cached values with)
     examples.append(MpoExample(index=index, dominant=_mpo_side(index, record["source"]),
                                target=_mpo_side(index, record["target"])))
   if not examples:
-    raise ValueError(f"data.langs={list(languages)}: no pair of {name} has its target in these languages "
-                     f"(targets found: {sorted(dropped)})")
-  return examples, dropped
+    raise ValueError(f"data.langs={list(languages)}: no pair of {name} has its target in these languages and "
+                     f"in another language than its dominant side (targets found: {sorted(dropped)}; in the "
+                     f"dominant language: {sorted(untranslated)})")
+  return examples, dropped, untranslated

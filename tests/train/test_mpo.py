@@ -51,12 +51,14 @@ def test_tokenize_mpo_gives_each_side_the_tokens_of_its_own_pair():
 
 @needs_mpo_data
 def test_qwen_data_has_chinese_as_its_dominant_language(tmp_path):
-  examples, dropped = load_mpo_pairs("mpo_pairs/qwen", "mpo", manual_dir=SHARED_DATA, data_dir=str(tmp_path))
+  examples, dropped, untranslated = load_mpo_pairs("mpo_pairs/qwen", "mpo", manual_dir=SHARED_DATA,
+                                                   data_dir=str(tmp_path))
   dominant = [e.dominant.pair_language for e in examples]
   targets = {e.target.pair_language for e in examples}
   assert dominant.count("zh") > 0.9 * len(examples) and "en" in targets and "zh" not in targets
-  assert len(examples) + sum(dropped.values()) == 600 and set(dropped) <= {"unknown"}
-  only_ko, _ = load_mpo_pairs("mpo_pairs/qwen", "ko,ja", manual_dir=SHARED_DATA, data_dir=str(tmp_path))
+  assert len(examples) + sum(dropped.values()) + len(untranslated["en"]) == 600 and set(dropped) <= {"unknown"}
+  assert set(untranslated) == {"en"} and all(e.target.pair_language != e.dominant.pair_language for e in examples)
+  only_ko, *_ = load_mpo_pairs("mpo_pairs/qwen", "ko,ja", manual_dir=SHARED_DATA, data_dir=str(tmp_path))
   assert {e.target.pair_language for e in only_ko} == {"ko", "ja"}
   with pytest.raises(ValueError, match="MPO trains on an mpo_pairs dataset"):
     load_mpo_pairs("multijail", "mpo", manual_dir=SHARED_DATA, data_dir=str(tmp_path))
@@ -122,7 +124,7 @@ def test_qwen_mpo_trains_sharded_with_the_cached_dominant_side_as_with_a_frozen_
   frozen = mpo_config(*common, "reference='frozen_copy'", "mesh.shape=(1,8,1)")
   trainer.train(cached, str(tmp_path / "cached"))
   out = capsys.readouterr().out
-  assert "dominant languages zh 581, en 18" in out and "mpo_dominant: computed" in out
+  assert "dominant languages zh 581, en 15" in out and "mpo_dominant: computed" in out
   trainer.train(frozen, str(tmp_path / "frozen"))
   read = lambda run: [json.loads(line) for line in open(tmp_path / run / "metrics.jsonl")]
   a, b = read("cached"), read("frozen")

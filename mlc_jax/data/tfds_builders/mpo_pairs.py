@@ -23,6 +23,7 @@ from mlc_jax.data.tfds_builders import common
 MODELS = ("llama", "gemma", "qwen")
 SIDES = ("source", "target")
 TEXTS = ("prompt", "chosen", "rejected")
+FILE = "{config}_mpo_data.json"  # in the source folder
 # The JSON field of each text, and its sharegpt role.
 _FIELDS = {"prompt": ("conversations", "human"), "chosen": ("chosen", "gpt"), "rejected": ("rejected", "gpt")}
 
@@ -64,7 +65,7 @@ class MpoPairs(common.SourceBuilder):
 
   def _generate_examples(self, source_dir):
     name = f"{self.name}/{self.builder_config.name}"
-    path = self._source_file(source_dir, f"{self.builder_config.name}_mpo_data.json")
+    path = self._source_file(source_dir, FILE.format(config=self.builder_config.name))
     prompts = {side: collections.Counter() for side in SIDES}  # prompt language -> pairs
     off = {side: collections.Counter() for side in SIDES}  # prompt language -> responses in another language
     for index, (line, row) in enumerate(common.read_json_array(path)):
