@@ -6,11 +6,12 @@ the same command again reuses what OUT already has; a killed run resumes. Judges
 refusal, not harm), `guard` (a guard model from --judge_model DIR: Qwen3Guard-Gen or Llama-Guard-3), `api` (an
 OpenAI-compatible endpoint: --judge_url, --judge_model, the key from $OPENAI_API_KEY or --judge_api_key_env).
 Exit codes: 0 done, 2 bad input (one line naming it; nothing already in OUT is lost), 1 a judge that failed after
-its retries.
+its retries, 130 interrupted (Ctrl-C; what was generated and judged so far is kept, the report is not touched).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import sys
@@ -38,6 +39,7 @@ def parse_args(argv):
   p.add_argument("--judge_api_key_env", default="OPENAI_API_KEY", help="api: the environment variable with the key")
   p.add_argument("--judge_cache", default=None, help="api: the label cache (default: OUT/api_judge_cache.sqlite)")
   p.add_argument("--judge_retries", type=int, default=6, help="api: attempts per request before giving up")
+  p.add_argument("--judge_timeout_s", type=float, default=60.0, help="api: seconds to wait for each reply")
   p.add_argument("--seen_langs", default=None, help="the languages the model was trained on (default with "
                  "--workdir: its data.langs); the others are reported as unseen")
   p.add_argument("--exclude_train_overlap", action="store_true",
@@ -50,38 +52,45 @@ def parse_args(argv):
 
 def load_model(args):
   """(model, tokenizer, content hash, the training run's RunConfig or None)."""
-  from mlc_jax.data.tokenizer import load_tokenizer
-  from mlc_jax.eval.evaluate import EvalError, model_hash, params_hash
-  from mlc_jax.models import load_hf
+  from mlc_jax.eval.evaluate import model_hash, params_hash
+  from mlc_jax.eval.sources import load_source
 
-  if args.model is not None:
-    if not os.path.isdir(args.model):
-      raise EvalError(f"--model {args.model}: no such directory")
-    if not os.path.isfile(os.path.join(args.model, "tokenizer_config.json")):
-      raise EvalError(f"--model {args.model}: no tokenizer there (tokenizer_config.json is missing); export "
-                      "models with their tokenizer (python -m mlc_jax.export_hf does)")
-    return load_hf(args.model), load_tokenizer(args.model), model_hash(args.model), None
-  from mlc_jax.export_hf import restore_params
-  if not os.path.isdir(args.workdir):
-    raise EvalError(f"--workdir {args.workdir}: no such directory")
-  run, model, _, step = restore_params(args.workdir, args.step)
-  return model, load_tokenizer(run.tokenizer or run.model.hf_path or None), f"{params_hash(model)}@{step}", run
+  source = load_source(model_dir=args.model, workdir=args.workdir, step=args.step)
+  content = model_hash(args.model) if args.model is not None else f"{params_hash(source.model)}@{source.step}"
+  return source.model, source.tokenizer, content, source.run
+
+
+def judge_content(args) -> str | None:
+  """What the judge's labels depend on besides its flags, checking them: the API judge's instruction version, the
+  guard model's content hash; None for the refusal judge."""
+  from mlc_jax.eval.evaluate import EvalError, model_hash
+  from mlc_jax.eval.judges.api import INSTRUCTION_VERSION
+
+  if args.judge == "api":
+    if not args.judge_url or not args.judge_model:
+      raise EvalError("--judge api needs --judge_url and --judge_model")
+    if args.judge_retries < 1:
+      raise EvalError(f"--judge_retries {args.judge_retries} must be at least 1")
+    if not math.isfinite(args.judge_timeout_s) or args.judge_timeout_s <= 0:
+      raise EvalError(f"--judge_timeout_s {args.judge_timeout_s} must be a finite number of seconds > 0")
+    return INSTRUCTION_VERSION
+  if args.judge == "guard":
+    if not args.judge_model or not os.path.isdir(args.judge_model):
+      raise EvalError(f"--judge guard needs --judge_model DIR, a local guard model directory (got {args.judge_model})")
+    return model_hash(args.judge_model)
+  return None
 
 
 def make_judge(args, out: str):
-  from mlc_jax.eval.evaluate import EvalError
+  """The judge of --judge (its flags checked by `judge_content`)."""
   from mlc_jax.eval.judges import make_judge as judge_by_name
 
   if args.judge == "refusal":
     return judge_by_name("refusal")
   if args.judge == "api":
-    if not args.judge_url or not args.judge_model:
-      raise EvalError("--judge api needs --judge_url and --judge_model")
     return judge_by_name("api", url=args.judge_url, model=args.judge_model, api_key_env=args.judge_api_key_env,
-                         max_attempts=args.judge_retries,
+                         max_attempts=args.judge_retries, timeout_s=args.judge_timeout_s,
                          cache_path=args.judge_cache or os.path.join(out, "api_judge_cache.sqlite"))
-  if not args.judge_model or not os.path.isdir(args.judge_model):
-    raise EvalError(f"--judge guard needs --judge_model DIR, a local guard model directory (got {args.judge_model})")
   return guard_judge(args.judge_model, batch_size=args.batch_size)
 
 
@@ -127,11 +136,12 @@ def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   args = parse_args(argv)
   from mlc_jax import cli
-  from mlc_jax.eval import evaluate
+  from mlc_jax.eval import evaluate, report
   from mlc_jax.eval.judges.api import ApiJudgeError
 
   def body():
     out = args.out
+    judge_version = judge_content(args)
     prompts = evaluate.load_prompts(args.dataset, args.langs, limit=args.limit, manual_dir=args.manual_dir,
                                     data_dir=args.data_dir)
     model, tokenizer, content, run = load_model(args)
@@ -157,9 +167,11 @@ def main(argv=None) -> int:
       raise evaluate.EvalError("no evaluation prompt is left (after --limit / --exclude_train_overlap)")
     seen = (tuple(args.seen_langs.split(",")) if args.seen_langs
             else evaluate.seen_languages_of(run) if run is not None else None)
-    identity = {"model": content, "dataset": args.dataset, "languages": sorted({p.lang for p in prompts}),
-                "prompts": len(prompts), "max_new_tokens": args.max_new_tokens, "max_prompt_len": args.max_prompt_len,
-                "judge": args.judge, "judge_model": args.judge_model, "judge_url": args.judge_url,
+    identity = {"model": content, "tokenizer": evaluate.tokenizer_hash(tokenizer), "dataset": args.dataset,
+                "languages": sorted({p.lang for p in prompts}), "prompts": len(prompts),
+                "prompts_sha256": evaluate.prompts_hash(prompts), "max_new_tokens": args.max_new_tokens,
+                "max_prompt_len": args.max_prompt_len, "judge": args.judge, "judge_model": args.judge_model,
+                "judge_url": args.judge_url, "judge_content": judge_version,
                 "exclude_train_overlap": args.exclude_train_overlap}
     evaluate.check_out(out, identity)
     judge = make_judge(args, out)
@@ -171,6 +183,10 @@ def main(argv=None) -> int:
     command = "python -m mlc_jax.eval " + shlex.join(argv)
     summary = evaluate.summarize_and_report(out, verdicts, seen_languages=seen, judge=judge, command=command,
                                             notes=notes)
+    for lang, stats in summary["per_language"].items():
+      print(f"eval: {lang}: n {stats['n']}, safety {report.percent(stats['safety_rate'])} %, attack success "
+            f"{report.percent(stats['attack_success_rate'])} %, invalid {report.percent(stats['invalid_rate'])} % "
+            f"({stats['no_verdict']} judge replies without a verdict)")
     print(f"eval: mean safety {100 * summary['mean_safety_rate']:.1f} % over {len(summary['languages'])} languages "
           f"(variance {summary['variance']:.2f}); report in {os.path.join(out, 'report.md')}")
 

@@ -18,7 +18,9 @@ from etils import epath
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from mlc_jax.eval.report import SUMMARY_FILE, UNSEEN_HATCH, format_pag, percent, save_png, split_of
+from mlc_jax import cli
+from mlc_jax.eval.report import (SUMMARY_FILE, UNSEEN_HATCH, format_pag, percent, save_png, split_of,
+                                 write_atomically)
 
 COMPARISON_FILES = ("comparison.md", "comparison.json", "comparison.png")
 
@@ -111,9 +113,9 @@ def write_comparison(out_dir: str, summaries: Sequence[dict], labels: Sequence[s
   out = epath.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   paths = {name: str(out / name) for name in COMPARISON_FILES}
-  (out / "comparison.md").write_text(format_comparison(table))
-  (out / "comparison.json").write_text(json.dumps(table, indent=2, ensure_ascii=False) + "\n")
   plot_comparison(table, paths["comparison.png"])
+  write_atomically(paths["comparison.json"], (json.dumps(table, indent=2, ensure_ascii=False) + "\n").encode())
+  write_atomically(paths["comparison.md"], format_comparison(table).encode())
   return paths
 
 
@@ -124,13 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("--labels", help="comma-separated run labels (default: the folders' names)")
   args = parser.parse_args(argv)
   labels = args.labels.split(",") if args.labels else [epath.Path(run).name for run in args.runs]
-  try:
+
+  def body():
     paths = write_comparison(args.out, [load_summary(run) for run in args.runs], labels)
-  except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  print("\n".join(paths.values()))
-  return 0
+    print("\n".join(paths.values()))
+
+  return cli.run(body)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ returns per layer
 * ``sigma1_share`` ``[layers]``: ``mlc_jax.losses.mlc.sigma1_share`` (σ1 / Σσ of the row-normalised matrix, the
   very metric training logs), averaged over prompts; it equals ``spectrum[:, 0]`` to float32 precision.
 
-``plot_sigma1_share`` draws σ1 share per layer for several models side by side.
+``plot_sigma1_share`` draws σ1 share per layer for several models side by side (``sigma1_share_figure``).
 """
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
+from mlc_jax.eval.report import save_png, set_wrapped_title, write_atomically
 from mlc_jax.losses.mlc import sigma1_share
 
 ROW_NORM_EPS = 1e-12  # as in the MLC loss: z / (|z| + eps); a zero row stays zero
@@ -56,9 +58,10 @@ def layer_spectra(hidden: np.ndarray) -> dict[str, np.ndarray]:
   return {"spectrum": spectrum, "sigma1_share": share}
 
 
-def plot_sigma1_share(curves: Mapping[str, Sequence[float]], path: str, *, languages: int | None = None,
-                      title: str = "Cross-lingual collinearity per layer") -> None:
-  """Lines of σ1 share per layer, one per model (``{model label: [layers]}``); ``languages`` adds the 1/L floor."""
+def sigma1_share_figure(curves: Mapping[str, Sequence[float]], *, languages: int | None = None,
+                        title: str = "Cross-lingual collinearity per layer") -> Figure:
+  """Lines of σ1 share per layer, one per model (``{model label: [layers]}``), on integer layer ticks;
+  ``languages`` adds the 1/L floor."""
   if not curves:
     raise ValueError("plot_sigma1_share: no curves to plot")
   fig = Figure(figsize=(6.0, 3.6), layout="constrained")
@@ -71,9 +74,15 @@ def plot_sigma1_share(curves: Mapping[str, Sequence[float]], path: str, *, langu
   ax.set_ylim(0, 1.05)
   ax.set_xlabel("layer (hidden_states index: 0 = embeddings, last = final norm)")
   ax.set_ylabel("σ1 / Σσ")
-  ax.set_title(title, fontsize=9)
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  set_wrapped_title(fig, title)
   ax.legend(fontsize=7)
-  fig.savefig(path, dpi=120)
+  return fig
+
+
+def plot_sigma1_share(curves: Mapping[str, Sequence[float]], path: str, **options) -> None:
+  """``sigma1_share_figure(curves, **options)`` written as a PNG to ``path`` (atomically)."""
+  save_png(sigma1_share_figure(curves, **options), path)
 
 
 def last_token_states(model, tokenizer, texts_by_lang: Mapping[str, Sequence[str]], *, batch_size: int = 16,
@@ -130,9 +139,7 @@ def main(argv=None) -> int:
   args = p.parse_args(sys.argv[1:] if argv is None else argv)
 
   def body():
-    from mlc_jax.data.tokenizer import load_tokenizer
-    from mlc_jax.export_hf import restore_params
-    from mlc_jax.models import load_hf
+    from mlc_jax.eval.sources import load_source
 
     if not args.model and not args.workdir:
       raise evaluate.EvalError("give at least one --model or --workdir")
@@ -148,20 +155,13 @@ def main(argv=None) -> int:
     for kind, specs in (("model", args.model), ("workdir", args.workdir)):
       for spec in specs:
         path, label = _labelled(spec)
-        if not os.path.isdir(path):
-          raise evaluate.EvalError(f"--{kind} {path}: no such directory")
-        if kind == "model":
-          model, tokenizer = load_hf(path), load_tokenizer(path)
-        else:
-          run, model, _, _ = restore_params(path)
-          tokenizer = load_tokenizer(run.tokenizer or run.model.hf_path or None)
+        model, tokenizer, _, _ = load_source(**{"model_dir" if kind == "model" else "workdir": path})
         spectra = layer_spectra(last_token_states(model, tokenizer, texts_by_lang, batch_size=args.batch_size))
         results[label] = {k: v.tolist() for k, v in spectra.items()}
         print(f"consistency: {label}: σ1 share by layer {' '.join(f'{x:.3f}' for x in spectra['sigma1_share'])}")
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "consistency.json"), "w") as f:
-      json.dump({"dataset": args.dataset, "languages": langs, "prompts": len(complete), "models": results}, f,
-                indent=1)
+    record = {"dataset": args.dataset, "languages": langs, "prompts": len(complete), "models": results}
+    write_atomically(os.path.join(args.out, "consistency.json"), json.dumps(record, indent=1).encode())
     plot_sigma1_share({k: v["sigma1_share"] for k, v in results.items()},
                       os.path.join(args.out, "sigma1_share_by_layer.png"), languages=len(langs),
                       title=f"Cross-lingual collinearity per layer: {os.path.basename(args.dataset)}, {len(complete)} prompts × "

@@ -1,9 +1,12 @@
 """One multilingual safety evaluation: prompts → greedy generations in every language → verdicts → report.
 
 `OUT/` holds, each written as it is produced so that a killed run resumes where it stopped:
-  eval.json          what was evaluated (model content hash, dataset, languages, settings, judge)
+  eval.json          what was evaluated: the content hashes of the model (weights and config), its tokenizer (with
+                     the chat template) and the prompts; the dataset, languages, settings and judge (with the
+                     content of its instruction or its weights)
   generations.jsonl  one line per (prompt id, language): prompt, response, n_tokens, truncated
-  verdicts.jsonl     one line per generation: label (safe | unsafe | invalid), judge, the judge's raw output
+  verdicts.jsonl     one line per generation: label (safe | unsafe | invalid), judge, the judge's raw output,
+                     no_verdict (the judge's output carried none: counted invalid)
   summary.json, report.md, safety_by_language.png    (mlc_jax.eval.report)
 Running the same command again reuses every generation and verdict already there (nothing is generated or sent to
 a judge twice); an OUT that holds an evaluation of another model, dataset or settings is refused.
@@ -14,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import types
 import unicodedata
 from collections.abc import Callable, Sequence
@@ -93,6 +97,8 @@ def load_prompts(dataset: str, langs, *, limit: int | None, manual_dir: str, dat
     languages = resolve_languages(langs, available=available, key="--langs")
   except (OSError, ValueError) as e:
     raise EvalError(str(e).replace("data.langs", "--langs")) from e
+  if limit is not None and limit > len(ids):
+    print(f"--limit {limit} is more than the {len(ids)} prompts of {dataset}: using all {len(ids)}", file=sys.stderr)
   rows = list(zip(ids, rows))[:limit]
   return [EvalPrompt(_plain(i), lang, row[lang]) for lang in languages for i, row in rows if row[lang].strip()]
 
@@ -107,6 +113,22 @@ def model_hash(directory: str) -> str:
       for chunk in iter(lambda: f.read(1 << 24), b""):
         h.update(chunk)
   return h.hexdigest()[:24]
+
+
+def tokenizer_hash(tokenizer) -> str:
+  """SHA-256 of what a tokenizer turns text into ids with: its vocabulary and rules (the fast tokenizer's JSON, else
+  its vocabulary), added and special tokens, and chat template."""
+  backend = getattr(tokenizer, "backend_tokenizer", None)
+  rules = backend.to_str() if backend is not None else sorted(tokenizer.get_vocab().items())
+  content = json.dumps([rules, str(tokenizer.added_tokens_decoder), tokenizer.special_tokens_map,
+                        tokenizer.chat_template], ensure_ascii=False, default=str)
+  return hashlib.sha256(content.encode()).hexdigest()[:24]
+
+
+def prompts_hash(prompts: Sequence[EvalPrompt]) -> str:
+  """SHA-256 of the prompts' ids, languages and texts, in order."""
+  content = json.dumps([[p.id, p.lang, p.prompt] for p in prompts], ensure_ascii=False)
+  return hashlib.sha256(content.encode()).hexdigest()[:24]
 
 
 def params_hash(model) -> str:
@@ -164,8 +186,7 @@ def check_out(out: str, identity: dict) -> None:
   if os.path.isdir(out) and os.listdir(out):
     raise EvalError(f"--out {out!r} is not empty and holds no {EVAL_FILE}; use a new --out")
   os.makedirs(out, exist_ok=True)
-  with open(path, "w", encoding="utf-8") as f:
-    json.dump(identity, f, indent=2, ensure_ascii=False)
+  report.write_atomically(path, json.dumps(identity, indent=2, ensure_ascii=False).encode())
 
 
 def generate_all(out: str, prompts: Sequence[EvalPrompt], generate: Callable[[list[str]], list], *,
@@ -203,7 +224,7 @@ def judge_all(out: str, generations: Sequence[dict], judge, *, batch_size: int) 
       chunk = todo[start:start + batch_size]
       verdicts = judge.judge([(g["prompt"], g["response"], g["lang"]) for g in chunk])
       records = [{"id": g["id"], "lang": g["lang"], "label": v.label, "judge": v.judge, "raw": v.raw,
-                  "categories": list(v.categories)} for g, v in zip(chunk, verdicts)]
+                  "categories": list(v.categories), "no_verdict": v.no_verdict} for g, v in zip(chunk, verdicts)]
       _append_jsonl(path, records)
       done += records
       bar.update(len(chunk))

@@ -6,15 +6,20 @@ dict and writes
 * ``summary.json``: the summary plus ``judge`` (``name``, ``measures``) and ``command``; what
   ``python -m mlc_jax.eval.compare`` reads;
 * ``report.md``: the per-language table (n, safety %, attack success %, invalid %, seen / unseen), the means,
-  the variance, PAG, the judge and what it measures, the command, notes, and the plot;
+  the variance, PAG, the judge and what it measures, the command, notes, the judge replies that carried no
+  verdict (counted invalid) per language when there are any, and the plot;
 * ``safety_by_language.png``: per language, the shares of safe / invalid / unsafe responses stacked to 100 %,
   unseen languages hatched and starred, the mean safety as a dashed line.
 
-The output folder is a local path or a URL (``gs://…``): the files are written through ``epath``.
+The output folder is a local path or a URL (``gs://…``): the files are written through ``epath``, each to a
+temporary file renamed over the old one, so an interrupted write leaves the previous report whole.
 """
 from __future__ import annotations
 
+import io
 import json
+import textwrap
+import uuid
 from collections.abc import Sequence
 
 from etils import epath
@@ -49,7 +54,14 @@ def format_pag(summary: dict, *, prompts: bool = True) -> str:
   return f"{summary['pag']:.2f}" + (f" over {summary['pag_prompts']} prompts" if prompts else "")
 
 
-def plot_safety_by_language(summary: dict, path: str, *, title: str) -> None:
+def set_wrapped_title(fig: Figure, title: str, *, fontsize: float = 9) -> None:
+  """``fig``'s title, centred on the figure and broken into lines that fit its width (constrained layout makes room
+  for it but never shrinks it)."""
+  chars = int(fig.get_figwidth() * 72 / (0.62 * fontsize))  # a character is at most ~0.62 em wide in DejaVu Sans
+  fig.suptitle(textwrap.fill(title, width=max(chars, 20)), fontsize=fontsize)
+
+
+def safety_figure(summary: dict, *, title: str) -> Figure:
   """Stacked safe / invalid / unsafe shares per language; unseen languages hatched (module docstring)."""
   languages = summary["languages"]
   fig = Figure(figsize=(max(4.0, 0.6 * len(languages) + 1.5), 3.6), layout="constrained")
@@ -66,17 +78,37 @@ def plot_safety_by_language(summary: dict, path: str, *, title: str) -> None:
   ax.set_xticks(list(x), [f"{lang}*" if split_of(summary, lang) == "unseen" else lang for lang in languages])
   ax.set_ylim(0, 100)
   ax.set_ylabel("% of responses")
-  ax.set_title(title, fontsize=9)
+  set_wrapped_title(fig, title)
   handles = [Patch(color=color, label=label) for label, color in LABEL_COLORS.items()]
   handles.append(Patch(facecolor="white", edgecolor="black", hatch=UNSEEN_HATCH, label="* unseen language"))
   ax.legend(handles=handles + [mean_line], fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-  save_png(fig, path)
+  return fig
+
+
+def write_atomically(path: str, data: bytes) -> None:
+  """Writes `data` to `path` (a local path or a URL) through a temporary sibling renamed over it."""
+  target = epath.Path(path)
+  tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+  try:
+    tmp.write_bytes(data)
+    tmp.replace(target)
+  except BaseException:
+    if tmp.exists():
+      tmp.unlink()
+    raise
 
 
 def save_png(fig: Figure, path: str) -> None:
-  """Writes `fig` as a PNG to `path`, a local path or a URL."""
-  with epath.Path(path).open("wb") as f:
-    fig.savefig(f, format="png", dpi=120)
+  """Writes `fig` as a PNG to `path`, a local path or a URL (atomically)."""
+  buffer = io.BytesIO()
+  fig.savefig(buffer, format="png", dpi=120)
+  write_atomically(path, buffer.getvalue())
+
+
+def no_verdict_line(summary: dict) -> str:
+  """How many judge replies per language carried no verdict (each counted invalid)."""
+  counts = ", ".join(f"{lang} {stats.get('no_verdict', 0)} of {stats['n']}" for lang, stats in summary["per_language"].items())
+  return f"Judge replies without a verdict (counted invalid): {counts}"
 
 
 def format_report(summary: dict, *, judge_name: str, judge_measures: str, command: str,
@@ -103,6 +135,11 @@ def format_report(summary: dict, *, judge_name: str, judge_measures: str, comman
                 for name in ("seen", "unseen") if summary.get(name)),
       f"- Cross-language variance: {summary['variance']:.2f} ({VARIANCE_DEFINITION})",
       f"- PAG: {format_pag(summary)} ({PAG_DEFINITION})",
+  ]
+  no_verdict = {lang: stats.get("no_verdict", 0) for lang, stats in summary["per_language"].items()}
+  if any(no_verdict.values()):
+    lines.append(f"- {no_verdict_line(summary)}")
+  lines += [
       "", f"![safety by language]({SAFETY_PLOT})", "",
   ]
   return "\n".join(lines)
@@ -115,10 +152,11 @@ def write_report(out_dir: str, summary: dict, *, judge_name: str, judge_measures
   out.mkdir(parents=True, exist_ok=True)
   paths = {name: str(out / name) for name in (SUMMARY_FILE, REPORT_FILE, SAFETY_PLOT)}
   record = {**summary, "judge": {"name": judge_name, "measures": judge_measures}, "command": command}
-  (out / SUMMARY_FILE).write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
-  (out / REPORT_FILE).write_text(format_report(summary, judge_name=judge_name, judge_measures=judge_measures,
-                                               command=command, notes=notes, title=title))
   plot_title = (f"{title}: judge {judge_name}; mean {percent(summary['mean_safety_rate'])} %, "
                 f"variance {summary['variance']:.2f}, PAG {format_pag(summary, prompts=False)}")
-  plot_safety_by_language(summary, paths[SAFETY_PLOT], title=plot_title)
+  save_png(safety_figure(summary, title=plot_title), paths[SAFETY_PLOT])
+  write_atomically(paths[SUMMARY_FILE], (json.dumps(record, indent=2, ensure_ascii=False) + "\n").encode())
+  report = format_report(summary, judge_name=judge_name, judge_measures=judge_measures, command=command,
+                         notes=notes, title=title)
+  write_atomically(paths[REPORT_FILE], report.encode())
   return paths

@@ -9,7 +9,8 @@ A .txt prompt file holds one prompt per non-empty line; a .jsonl file one object
 --prompts a JSON record per prompt (the input fields, "response", "n_tokens", "truncated", "prompt_tokens") is
 printed, or written to --out (atomically: a temporary file renamed into place, never a partial file).
 Bad input — a missing model, an unreadable or empty prompt file, a prompt longer than the cache, a sampling
-setting out of range — stops with one line `error: …` on stderr and exit code 2.
+setting out of range, a tokenizer with more tokens than the model's embedding has rows — stops with one line
+`error: …` on stderr and exit code 2.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import os
 import sys
 import tempfile
 
-from mlc_jax import host_malloc
+from mlc_jax import cli
 from mlc_jax.generate.sampling import SamplingSettings
 
 PROMPT_SUFFIXES = (".txt", ".jsonl")
@@ -85,30 +86,12 @@ def read_prompts(path: str) -> list[dict]:
   return records
 
 
-def restore_run(workdir: str, step: int | None):
-  """(model, tokenizer) of a training run's checkpoint: the one place that reads a workdir."""
-  from mlc_jax.data.tokenizer import load_tokenizer
-  from mlc_jax.export_hf import restore_params
-
-  run, model, _, _ = restore_params(workdir, step)
-  return model, load_tokenizer(run.tokenizer or run.model.hf_path or None)
-
-
 def load(args):
-  """(model, tokenizer) from --model or --workdir (and --tokenizer)."""
-  from mlc_jax.data.tokenizer import load_tokenizer
-  from mlc_jax.models import load_hf
+  """(model, tokenizer) from --model or --workdir (and --tokenizer), checked to fit together."""
+  from mlc_jax.eval.sources import load_source
 
-  for flag, path in (("--model", args.model), ("--workdir", args.workdir)):
-    if path is not None and not os.path.isdir(path):
-      raise UsageError(f"{flag} {path}: no such directory")
-  if args.model is not None:
-    model, tokenizer = load_hf(args.model), None
-  else:
-    model, tokenizer = restore_run(args.workdir, args.step)
-  if args.tokenizer is not None or tokenizer is None:
-    tokenizer = load_tokenizer(args.tokenizer or args.model)
-  return model, tokenizer
+  source = load_source(model_dir=args.model, workdir=args.workdir, step=args.step, tokenizer=args.tokenizer)
+  return source.model, source.tokenizer
 
 
 def write_atomically(path: str, lines: list[str]):
@@ -146,22 +129,19 @@ def run(args) -> list[dict]:
 
 
 def main(argv=None) -> int:
-  try:
-    host_malloc.keep_freed_memory()  # before jax's threads allocate
+  def body():
     args = parse_args(sys.argv[1:] if argv is None else argv)
     results = run(args)
-  except (OSError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
-  lines = [json.dumps(r, ensure_ascii=False) for r in results]
-  if args.out is not None:
-    write_atomically(args.out, lines)
-    print(f"wrote {len(lines)} responses to {args.out}")
-  elif args.prompt is not None:
-    print(results[0]["response"])
-  else:
-    print("\n".join(lines))
-  return 0
+    lines = [json.dumps(r, ensure_ascii=False) for r in results]
+    if args.out is not None:
+      write_atomically(args.out, lines)
+      print(f"wrote {len(lines)} responses to {args.out}")
+    elif args.prompt is not None:
+      print(results[0]["response"])
+    else:
+      print("\n".join(lines))
+
+  return cli.run(body)
 
 
 if __name__ == "__main__":

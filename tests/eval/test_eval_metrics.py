@@ -25,7 +25,7 @@ def test_paper_dpo_row_variance_and_mean():
   assert summary["mean_safety_rate"] == pytest.approx(0.664, abs=5e-4)
   assert list(summary["per_language"]) == list(MLC10)
   sw = summary["per_language"]["sw"]
-  assert sw == {"n": 1000, "safe": 72, "unsafe": 928, "invalid": 0, "safety_rate": 0.072,
+  assert sw == {"n": 1000, "safe": 72, "unsafe": 928, "invalid": 0, "no_verdict": 0, "safety_rate": 0.072,
                 "attack_success_rate": 0.928, "invalid_rate": 0.0}
 
 
@@ -40,14 +40,15 @@ def test_rates_counts_and_means():
       {"id": 0, "lang": "en", "label": "safe"}, {"id": 1, "lang": "en", "label": "safe"},
       {"id": 2, "lang": "en", "label": "unsafe"}, {"id": 3, "lang": "en", "label": "invalid"},
       {"id": 0, "lang": "sw", "label": "unsafe", "judge": "refusal", "raw": "extra keys are ignored"},
-      {"id": 1, "lang": "sw", "label": "invalid"},
+      {"id": 1, "lang": "sw", "label": "invalid", "no_verdict": True},
   ]
   summary = summarize(records)
   assert summary["n_records"] == 6
   assert summary["languages"] == ["en", "sw"]
-  assert summary["per_language"]["en"] == {"n": 4, "safe": 2, "unsafe": 1, "invalid": 1, "safety_rate": 0.5,
-                                           "attack_success_rate": 0.25, "invalid_rate": 0.25}
+  assert summary["per_language"]["en"] == {"n": 4, "safe": 2, "unsafe": 1, "invalid": 1, "no_verdict": 0,
+                                           "safety_rate": 0.5, "attack_success_rate": 0.25, "invalid_rate": 0.25}
   assert summary["per_language"]["sw"]["attack_success_rate"] == 0.5
+  assert summary["per_language"]["sw"]["no_verdict"] == 1 and summary["per_language"]["sw"]["invalid_rate"] == 0.5
   assert summary["mean_safety_rate"] == pytest.approx(0.25)
   assert summary["mean_attack_success_rate"] == pytest.approx(0.375)
   assert summary["mean_invalid_rate"] == pytest.approx(0.375)

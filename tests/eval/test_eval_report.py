@@ -6,8 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.text import Text
 
 from mlc_jax.eval import compare, consistency
+from mlc_jax.eval import report as report_lib
 from mlc_jax.eval.metrics import summarize
 from mlc_jax.eval.report import format_report, write_report
 from mlc_jax.losses.mlc import sigma1_share
@@ -141,3 +144,61 @@ def test_plot_sigma1_share(tmp_path):
   assert path.read_bytes().startswith(PNG_MAGIC)
   with pytest.raises(ValueError, match=r"no curves"):
     consistency.plot_sigma1_share({}, str(path))
+
+
+def test_no_verdict_counts_are_reported_per_language(tmp_path):
+  records = [{"id": 0, "lang": "en", "label": "safe"}, {"id": 1, "lang": "en", "label": "invalid", "no_verdict": True},
+             {"id": 0, "lang": "de", "label": "invalid"}]
+  summary = summarize(records)
+  text = format_report(summary, judge_name="api:m", judge_measures="harm", command="c")
+  assert "- Judge replies without a verdict (counted invalid): en 1 of 2, de 0 of 1" in text
+  assert "| en | 2 | 50.0 | 0.0 | 50.0 |" in text
+  assert "without a verdict" not in format_report(summarize(records[:1]), judge_name="j", judge_measures="m",
+                                                   command="c")
+
+
+def test_an_interrupted_report_leaves_the_previous_one_whole(tmp_path, monkeypatch):
+  out = evaluation(tmp_path, "dpo", DPO_ROW)
+  before = {p.name: p.read_bytes() for p in out.iterdir()}
+  summary = summarize([{"id": 0, "lang": "en", "label": "unsafe"}])
+
+  def interrupted(self, *args, **kwargs):
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(report_lib, "format_report", lambda *a, **k: "a new report")
+  monkeypatch.setattr(type(report_lib.epath.Path(out)), "replace", interrupted)  # Ctrl-C before a rename
+  with pytest.raises(KeyboardInterrupt):
+    write_report(str(out), summary, judge_name="refusal", judge_measures="m", command="c")
+  assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no temporary file left either
+
+
+def rendered(fig):
+  canvas = FigureCanvasAgg(fig)  # as savefig draws it: constrained layout applied
+  canvas.draw()
+  return canvas.get_renderer()
+
+
+def assert_title_inside_figure(fig, title):
+  renderer = rendered(fig)
+  [artist] = [t for t in fig.findobj(Text) if "".join(t.get_text().split()) == "".join(title.split())]
+  box, frame = artist.get_window_extent(renderer), fig.bbox
+  assert box.width > 0 and frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1, \
+      (box, frame)
+
+
+@pytest.mark.parametrize("languages", [("en", "sw"), MLC10 + ("ko", "it", "vi", "th", "jv")])
+def test_the_safety_plot_title_fits_in_the_figure(languages):
+  summary = summarize([{"id": 0, "lang": lang, "label": "safe"} for lang in languages], seen_languages=("en",))
+  title = ("Multilingual safety evaluation: judge api:meta-llama/Llama-3.3-70B-Instruct-Turbo; mean 100.0 %, "
+           "variance 0.00, PAG –")
+  assert_title_inside_figure(report_lib.safety_figure(summary, title=title), title)
+
+
+def test_the_sigma1_plot_has_integer_layer_ticks_and_its_title_fits():
+  title = "Cross-lingual collinearity per layer: pku_saferlhf_safety_test.jsonl, 180 prompts × 10 languages " * 2
+  fig = consistency.sigma1_share_figure({"start": [1.0, 0.4, 0.5], "DPO+MLC": [1.0, 0.6, 0.9]}, languages=10,
+                                        title=title)
+  rendered(fig)
+  ticks = [t for t in fig.axes[0].get_xticks() if 0 <= t <= 2]
+  assert ticks == [0, 1, 2]
+  assert_title_inside_figure(fig, title)

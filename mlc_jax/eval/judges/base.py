@@ -20,16 +20,20 @@ class JudgeInput(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class Verdict:
-  """A judge's label for one response, the judge's name and its raw output (kept for audits)."""
+  """A judge's label for one response, the judge's name and its raw output (kept for audits); ``no_verdict``:
+  the judge's output carried no verdict it could be read as, so the label is ``invalid``."""
 
   label: str
   judge: str
   raw: str
   categories: tuple[str, ...] = ()
+  no_verdict: bool = False
 
   def __post_init__(self):
     if self.label not in LABELS:
       raise ValueError(f"verdict label must be one of {LABELS}, got {self.label!r} (judge {self.judge!r})")
+    if self.no_verdict and self.label != "invalid":
+      raise ValueError(f"a verdict without a reading of the judge's output is invalid, not {self.label!r}")
 
 
 class Judge(Protocol):

@@ -188,7 +188,7 @@ class GuardJudge:
     """The verdict for one guard completion."""
     rating, categories = self.format.parse(output)
     if rating is None:
-      return Verdict("invalid", self.name, output)
+      return Verdict("invalid", self.name, output, no_verdict=True)
     return Verdict(self.labels[rating], self.name, output, categories)
 
   def judge(self, items: Sequence[JudgeInput]) -> list[Verdict]:
