@@ -43,9 +43,10 @@ def convert(from_hf: str, to_hf: str, *, dtype=jnp.float32, overwrite=False, che
   from mlc_jax.models.out_dir import check_output_dir
 
   check_output_dir(to_hf, overwrite=overwrite, sources={"input model": from_hf}, flag="--to_hf")
-  tokenizer = read_tokenizer(from_hf) if os.path.isdir(from_hf) and has_tokenizer_files(from_hf) else None
+  vocab_size = read_config(from_hf)[0].vocab_size  # (names a missing folder or a broken JSON file first)
+  tokenizer = read_tokenizer(from_hf) if has_tokenizer_files(from_hf) else None
   if tokenizer is not None:
-    check_fits_vocab(tokenizer, read_config(from_hf)[0].vocab_size, tokenizer_source=repr(from_hf),
+    check_fits_vocab(tokenizer, vocab_size, tokenizer_source=repr(from_hf),
                      model_source=repr(os.path.join(from_hf, "config.json")))
   start = time.time()
   model = load_hf(from_hf, dtype=dtype)

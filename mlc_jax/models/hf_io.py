@@ -93,14 +93,16 @@ def _open_safetensors(file: str):
 
 
 def check_weights(path: str) -> int:
-  """Opens every safetensors file of the HF directory `path` (headers only); returns the number of tensors.
+  """Reads every tensor of the HF directory `path`, one at a time; returns the number of tensors.
 
-  Errors name the file: a missing shard, a truncated or corrupt file.
+  Errors name the file: a missing shard, a truncated or corrupt file, a tensor with NaN or inf (and the tensor).
   """
   weight_map = _weight_map(path)
   for file in sorted(set(weight_map.values())):
-    with _open_safetensors(file):
-      pass
+    with _open_safetensors(file) as f:
+      for name in f.keys():
+        if f.get_slice(name).get_dtype() in FLOAT_DTYPES:  # (`load_hf` names any other it would read)
+          check_finite({name: f.get_tensor(name)}, f"{file}: tensor")
   return len(weight_map)
 
 
@@ -111,6 +113,7 @@ class _TensorReader:
     self.weight_map, self._stack, self._handles = weight_map, stack, {}
 
   def read(self, name: str, expected_shape: tuple[int, ...]) -> np.ndarray:
+    """The tensor `name`, checked: of `expected_shape`, a float, finite."""
     if name not in self.weight_map:
       raise CheckpointError(f"tensor {name!r} is missing from the checkpoint")
     file = self.weight_map[name]
