@@ -1,4 +1,5 @@
-"""Precomputed reference values: one pass with the initial model, cached in the workdir by content hash.
+"""Precomputed reference values: one pass with the initial model, cached in the workdir by content hash (of the
+model's weights and settings and of the tokenized data).
 
 DPO, IPO and hinge read the reference's pair log-probs; MPO reads the dominant pair's average log-probs and
 mean-pooled final hidden states. Either way the frozen model is needed once, not kept beside the policy.
@@ -14,19 +15,32 @@ import numpy as np
 from etils import epath
 from tqdm import tqdm
 
+from mlc_jax.data.fingerprint import fingerprint
 from mlc_jax.train.step import batch_sharding, to_device
 
 
-def cache_key(model_identity: dict, data, input_keys: Sequence[str]) -> str:
-  """sha256 over the model's identity (architecture, weights source, dtypes, …) and the input arrays.
+def _weights_fingerprint(hf_path: str) -> dict:
+  """The fingerprint (size, SHA-256) of what `load_hf` reads from `hf_path`: config.json and the safetensors files."""
+  folder = epath.Path(hf_path)
+  return fingerprint(folder, [p for p in folder.iterdir() if p.name == "config.json" or ".safetensors" in p.name])
 
-  The tokenized arrays already encode the data, the tokenizer and the length limits, so a change to any of
-  them gives a new key and a stale cache is never read.
+
+def cache_key(model_identity: dict, data, input_keys: Sequence[str]) -> str:
+  """sha256 over the model's identity (architecture, dtypes, init seed, …), the content of its weights, and the input
+  arrays (with their shapes and dtypes).
+
+  `model_identity["hf_path"]`, when set, stands for the content of that checkpoint (`_weights_fingerprint`), not
+  its path: a checkpoint replaced at the same path gives a new key. The tokenized arrays already encode the data,
+  the tokenizer and the length limits, so a change to any of them gives a new key and a stale cache is never read.
   """
-  h = hashlib.sha256(json.dumps(model_identity, sort_keys=True, default=str).encode())
+  identity = dict(model_identity)
+  if identity.get("hf_path"):
+    identity["hf_path"] = _weights_fingerprint(identity["hf_path"])
+  h = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
   for key in input_keys:
-    h.update(key.encode())
-    h.update(np.ascontiguousarray(getattr(data, key)).tobytes())
+    array = np.ascontiguousarray(getattr(data, key))
+    h.update(f"{key} {array.dtype} {array.shape}".encode())
+    h.update(array.tobytes())
   return h.hexdigest()[:24]
 
 
