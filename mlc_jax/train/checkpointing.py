@@ -3,7 +3,6 @@ URL: Orbax writes `gs://` natively)."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import shutil
@@ -17,6 +16,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from mlc_jax.disk_space import is_disk_full, size_text
 from mlc_jax.train.workdir import is_remote
 
 
@@ -33,30 +33,18 @@ class CheckpointWriteError(RuntimeError):
   """A checkpoint could not be written (e.g. the disk is full); the message says where and how much was needed."""
 
 
-def _is_disk_full(error: BaseException | None) -> bool:
-  while error is not None:
-    if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in str(error):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
-
-
-def _size(num_bytes: float) -> str:
-  return f"{num_bytes / 2**30:.2f} GiB" if num_bytes >= 2**30 else f"{num_bytes / 2**20:.1f} MiB"
-
-
 def _disk_full(mngr: ocp.CheckpointManager, needed: int) -> CheckpointWriteError:
   free, latest = shutil.disk_usage(str(mngr.directory)).free, mngr.latest_step()
   kept = ("there is no complete checkpoint yet" if latest is None
           else f"the newest complete checkpoint (step {latest}) is intact")
   return CheckpointWriteError(
       f"no space left on the device of {mngr.directory} while writing a checkpoint: it needs about "
-      f"{_size(needed)} and {_size(free)} are free; {kept}. Free some space (or lower checkpoint.keep) and run the "
+      f"{size_text(needed)} and {size_text(free)} are free; {kept}. Free some space (or lower checkpoint.keep) and run the "
       "same command again")
 
 
 def _write_error(mngr: ocp.CheckpointManager, state, error: Exception) -> Exception:
-  return _disk_full(mngr, _state_bytes(state)) if _is_disk_full(error) else error
+  return _disk_full(mngr, _state_bytes(state)) if is_disk_full(error) else error
 
 
 def _state_bytes(state) -> int:
