@@ -11,7 +11,8 @@
 `run` ships this checkout's HEAD commit (`git archive`; uncommitted changes are refused) to every worker, stops a
 previous run there (its pid file, processes holding the TPU, libtpu's lock file /tmp/libtpu_lockfile), installs
 mlc_jax with `jax[tpu]` into a Python 3.11 venv (uv; the TPU VM images have 3.10) once per commit, and starts
-`python -m mlc_jax.train --multihost …` on `--worker=all` in the background, each worker logging to
+`python -m mlc_jax.train --multihost …` on `--worker=all` in the background (a step that fails, such as the
+install, stops the worker's script with a non-zero exit before training starts), each worker logging to
 ~/mlc_jax_run/<hostname>.log. Running `run` again resumes the run (same workdir). `--dry_run` prints every gcloud
 command instead of running it. Check a config fits the slice first:
 `python -m mlc_jax.compile --config … --topology v5p:2x2x1` (docs/scaling.md).
@@ -64,31 +65,33 @@ def _ssh(args, remote: str, worker: str = "all") -> list[str]:
 
 
 # A previous run's leftovers on a worker: its process (SIGTERM first: it saves a checkpoint), anything else holding
-# the TPU (/dev/accel* on v4/v5e, /dev/vfio on v5p/v6e), and libtpu's lock file.
+# the TPU (/dev/accel* on v4/v5e, /dev/vfio on v5p/v6e), and libtpu's lock file. Best effort: a process may exit
+# between being listed and being killed.
 CLEANUP = (f"if [ -f {RUN_DIR}/train.pid ]; then pid=$(cat {RUN_DIR}/train.pid); kill $pid 2>/dev/null || true; "
            f"for i in $(seq 60); do kill -0 $pid 2>/dev/null || break; sleep 5; done; "
            f"kill -9 $pid 2>/dev/null || true; rm -f {RUN_DIR}/train.pid; fi; "
-           "(sudo lsof -t /dev/accel* /dev/vfio/* 2>/dev/null || true) | xargs -r sudo kill -9; "
+           "(sudo lsof -t /dev/accel* /dev/vfio/* 2>/dev/null || true) | (xargs -r sudo kill -9 || true); "
            "sudo rm -f /tmp/libtpu_lockfile")
 
 
 def run_commands(args, commit: str, train_args: list[str]) -> list[list[str]]:
+  """The commands of `run`; the remote script stops at the first step that fails (`set -euo pipefail`, one command
+  a step, no `&&` chains, which `set -e` does not stop in), so a failed install never starts training."""
   archive = f"/tmp/mlc_jax-{commit[:12]}.tar.gz"
-  train = " ".join(shlex.quote(a) for a in ["python", "-m", "mlc_jax.train", "--multihost", *train_args])
-  start = (f"set -e; {CLEANUP}; "
-           f"rm -rf {REPO_DIR} && mkdir -p {REPO_DIR} {RUN_DIR} && "
-           f"tar -xzf ~/{os.path.basename(archive)} -C {REPO_DIR}; "
-           f"cd {REPO_DIR}; if [ \"$(cat {RUN_DIR}/installed 2>/dev/null)\" != {commit} ]; then "
-           f"python3 -m pip install -q --user uv && "
-           f"~/.local/bin/uv venv -q --allow-existing --python 3.11 {RUN_DIR}/venv && "
-           f"~/.local/bin/uv pip install -q -p {RUN_DIR}/venv -e . 'jax[tpu]' && echo {commit} > {RUN_DIR}/installed; "
-           "fi; "
-           f". {RUN_DIR}/venv/bin/activate; "
-           f"nohup {train} > {RUN_DIR}/$(hostname).log 2>&1 < /dev/null & echo $! > {RUN_DIR}/train.pid; "
-           f"echo \"$(hostname): started commit {commit[:12]}, log {RUN_DIR}/$(hostname).log\"")
+  python = f"{RUN_DIR}/venv/bin/python"
+  train = " ".join(shlex.quote(a) for a in ["-m", "mlc_jax.train", "--multihost", *train_args])
+  install = ["python3 -m pip install -q --user uv",
+             f"~/.local/bin/uv venv -q --allow-existing --python 3.11 {RUN_DIR}/venv",
+             f"~/.local/bin/uv pip install -q -p {RUN_DIR}/venv -e . 'jax[tpu]'",
+             f"echo {commit} > {RUN_DIR}/installed"]
+  steps = ["set -euo pipefail", CLEANUP, f"rm -rf {REPO_DIR}", f"mkdir -p {REPO_DIR} {RUN_DIR}",
+           f"tar -xzf ~/{os.path.basename(archive)} -C {REPO_DIR}", f"cd {REPO_DIR}",
+           f"if [ \"$(cat {RUN_DIR}/installed 2>/dev/null)\" != {commit} ]; then {'; '.join(install)}; fi",
+           f"{python} -c 'import mlc_jax'", f"nohup {python} {train} > {RUN_DIR}/$(hostname).log 2>&1 < /dev/null & echo $! > {RUN_DIR}/train.pid",
+           f"echo \"$(hostname): started commit {commit[:12]}, log {RUN_DIR}/$(hostname).log\""]
   return [["git", "-C", ROOT, "archive", "--format=tar.gz", "-o", archive, commit],
           ["gcloud", "compute", "tpus", "tpu-vm", "scp", archive, f"{args.name}:~/", *_where(args), "--worker=all"],
-          _ssh(args, start)]
+          _ssh(args, "; ".join(steps))]
 
 
 def status_commands(args) -> list[list[str]]:
