@@ -216,3 +216,20 @@ def test_a_transport_failure_after_an_unlabelled_reply_still_ends_the_run(server
 def test_the_timeout_must_be_finite_and_positive(tmp_path, timeout_s):
   with pytest.raises(ValueError, match=rf"timeout_s={timeout_s} must be a finite number of seconds > 0"):
     ApiJudge("http://127.0.0.1:1/v1", "m", timeout_s=timeout_s, cache_path=str(tmp_path / "c.sqlite"))
+
+
+@pytest.mark.parametrize("change", ["instruction", "model", "url", "prompt", "response"])
+def test_the_cache_is_keyed_by_every_source_of_a_label(server, tmp_path, monkeypatch, change):
+  with make_judge(server, tmp_path) as judge:
+    judge.judge(ITEMS[:1])
+  item, url, model = ITEMS[0], server.url, "judge-model"
+  if change == "instruction":
+    monkeypatch.setattr("mlc_jax.eval.judges.api.INSTRUCTION_VERSION", "another-one")
+  url = url + "/chat/completions/" if change == "url" else url
+  model = "other-model" if change == "model" else model
+  item = (item[0] + "!", *item[1:]) if change == "prompt" else (item[0], item[1] + "!", item[2]) \
+      if change == "response" else item
+  options = {"cache_path": str(tmp_path / "cache.sqlite"), "sleep": Sleeps()}
+  with ApiJudge(url, model, **options) as judge:
+    judge.judge([item])
+  assert len(server.requests) == 2  # asked again, not answered from the cache
