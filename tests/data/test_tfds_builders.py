@@ -190,6 +190,19 @@ def test_build_cli(tmp_path):
   assert len(builder.as_data_source("train")) == 180
 
 
+def test_build_cli_names_a_broken_line(tmp_path):
+  path = _write(tmp_path / "m" / "mlc" / "pku_saferlhf_safety_test.jsonl", _dpo_line(0) + "\n{\n")
+  done = subprocess.run(
+      [sys.executable, "-m", "mlc_jax.data.tfds_builders", "mlc_pku_saferlhf", "--config", "dpo",
+       "--manual_dir", os.fspath(tmp_path / "m"), "--data_dir", os.fspath(tmp_path / "tfds")],
+      capture_output=True, text=True, timeout=120, cwd=ROOT,
+  )
+  errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+  assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+  assert errors == [f"error: {path}, line 2: invalid JSON (Expecting property name enclosed in double quotes at "
+                    "column 2)"]
+
+
 def test_unknown_config_is_named():
   with pytest.raises(ValueError, match="BuilderConfig mistral not found"):
     tfds.builder("mpo_pairs/mistral")
