@@ -107,7 +107,8 @@ def save_png(fig: Figure, path: str) -> None:
 
 def no_verdict_line(summary: dict) -> str:
   """How many judge replies per language carried no verdict (each counted invalid)."""
-  counts = ", ".join(f"{lang} {stats.get('no_verdict', 0)} of {stats['n']}" for lang, stats in summary["per_language"].items())
+  counts = ", ".join(f"{lang} {stats.get('no_verdict', 0)} of {stats['n']}"
+                     for lang, stats in summary["per_language"].items())
   return f"Judge replies without a verdict (counted invalid): {counts}"
 
 

@@ -19,9 +19,10 @@ verdict.
   or problem and the attempts made; a reply that still carries no verdict after the last attempt is the verdict
   ``invalid`` with ``no_verdict`` set and the reply kept as ``raw``.
 * **Timeout**: ``timeout_s`` per request (finite, > 0).
-* **Cache**: every label (a no-verdict ``invalid`` too) is stored in an SQLite file (``cache_path``) as soon as it arrives, keyed by the SHA-256
-  of (URL, model, ``INSTRUCTION_VERSION``, prompt, response): a rerun, or a run resumed after a crash or a failed
-  request, sends nothing already answered. ``INSTRUCTION_VERSION`` is a hash of the instruction's text, so
+* **Cache**: every label (a no-verdict ``invalid`` too) is stored in an SQLite file (``cache_path``) as soon as it
+  arrives, keyed by the SHA-256 of (URL, model, ``INSTRUCTION_VERSION``, prompt, response): a rerun, or a run
+  resumed after a crash, a failed request or Ctrl-C (the requests in flight finish and are stored, the rest are
+  not sent), sends nothing already answered. ``INSTRUCTION_VERSION`` is a hash of the instruction's text, so
   editing the instruction invalidates the cache by itself.
 """
 from __future__ import annotations
@@ -218,7 +219,7 @@ class ApiJudge:
             label = parse_label(text)
             if label:
               return label, text
-            problem, unlabelled = f"no verdict in the reply {self._excerpt(text)}", text
+            unlabelled = text
         elif reply.status_code in RETRY_STATUSES:
           problem = f"HTTP {reply.status_code}"
           retry_after = _retry_after_s(reply.headers.get("Retry-After"))
