@@ -197,7 +197,9 @@ def read_tokenizer(path: str | os.PathLike) -> PreTrainedTokenizerBase:
         raise NotADirectoryError(f"tokenizer path {path!r} is not a directory")
     present = [name for name in TOKENIZER_FILES if os.path.isfile(os.path.join(path, name))]
     if not present:
-        raise FileNotFoundError(f"tokenizer path {path!r} has no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, …)")
+        raise FileNotFoundError(
+            f"tokenizer path {path!r} has no tokenizer files ({', '.join(TOKENIZER_FILES[:4])}, …)"
+        )
     for name in present:
         if name.endswith(".json"):
             json_file.read(os.path.join(path, name))

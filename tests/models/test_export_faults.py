@@ -112,7 +112,7 @@ def test_nan_in_a_checkpoint_is_named_by_export(trained, tmp_path):
   step_dir = workdir / "checkpoints" / "2"
   state = ocp.StandardCheckpointer().restore(str(step_dir / "state"))
   kernel = np.array(state["params"]["model"]["blocks"]["attn"]["q_proj"])
-  kernel[0, 1, 2] = np.nan
+  kernel[0, 1, 2, 3] = np.nan
   state["params"]["model"]["blocks"]["attn"]["q_proj"] = kernel
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(str(workdir / "state_nan"), state)
