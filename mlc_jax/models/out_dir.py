@@ -60,46 +60,12 @@ def check_output_dir(out_dir: str, *, overwrite: bool, sources: dict[str, str] |
 def staged(out_dir: str, *, overwrite: bool, needed_bytes: int, about: dict) -> Iterator[str]:
   """A new folder to write all of `out_dir` into; it replaces `out_dir` when the block ends without an exception.
 
-  For the whole block `out_dir` is locked (an exclusive `flock` on the directory, made empty when absent), so a
-  second export to it is refused (`OutputInUse`) instead of the last writer silently winning. The folder
-  `.tmp-save_hf-NAME-…` beside `out_dir` gets `EXPORT_MARKER` (`about` plus the target) first and the modes of the
-  process umask last; the swap moves the old export aside, renames the new one in, then deletes the old one. On any
-  exception, Ctrl-C included, the new folder is removed and `out_dir` is as it was. Leftovers of a killed export to
-  `out_dir` (by name and marker) are removed first. `needed_bytes` over the free space is a `DiskFull` before
-  anything is written.
-  """
-  out = os.path.realpath(out_dir)
-  inside = lambda path, folder: os.path.commonpath([path, folder]) == folder
-  for what, path in (protected or {}).items():
-    if inside(out, os.path.realpath(path)):
-      raise ValueError(f"{flag} {out_dir!r} lies inside the {what} {path!r}; write the export somewhere else")
-  for what, path in (sources or {}).items():
-    src = os.path.realpath(path)
-    if out == src or inside(src, out):
-      raise ValueError(f"{flag} {out_dir!r} is or contains the {what} {path!r}; writing there would delete it")
-    if what != "training workdir" and inside(out, src):
-      raise ValueError(f"{flag} {out_dir!r} lies inside the {what} {path!r}; write the export somewhere else")
-  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-    raise FileExistsError(f"{out_dir!r} is a file; refusing to replace it")
-  if os.path.isdir(out_dir) and os.listdir(out_dir):
-    if not overwrite:
-      raise FileExistsError(f"{out_dir!r} exists and is not empty; refusing to overwrite it (--overwrite replaces a "
-                            "previous export)")
-    if not os.path.isfile(os.path.join(out_dir, EXPORT_MARKER)):
-      raise FileExistsError(f"{out_dir!r} is not a previous export (it has no {EXPORT_MARKER}); --overwrite only "
-                            "replaces what mlc_jax wrote, never an arbitrary directory")
-
-
-@contextlib.contextmanager
-def staged(out_dir: str, *, overwrite: bool, needed_bytes: int, about: dict) -> Iterator[str]:
-  """A new folder to write all of `out_dir` into; it replaces `out_dir` when the block ends without an exception.
-
   For the whole block `out_dir` is locked (an exclusive `flock` on the directory, made empty when absent), so a second
   export to it is refused (`OutputInUse`) instead of the last writer silently winning. The folder `.tmp-save_hf-NAME-…`
   beside `out_dir` gets `EXPORT_MARKER` (`about` plus the target) first and the modes of the process umask last; the swap
   moves the old export aside, renames the new one in, then deletes the old one. On any exception, Ctrl-C included,
   the new folder is removed and `out_dir` is as it was. Leftovers of a killed export to `out_dir` (by name and
-  marker) are removed first. `needed_bytes` below the free space is a `DiskFull` before anything is written.
+  marker) are removed first. `needed_bytes` over the free space is a `DiskFull` before anything is written.
   """
   out = os.path.realpath(out_dir)  # (a symlink to an export keeps pointing at the new one)
   parent, name = os.path.split(out)
