@@ -45,7 +45,8 @@ def check_usable(workdir: str) -> None:
     try:
       is_file = path.exists() and not path.is_dir()
     except Exception as e:  # noqa: BLE001  (a missing backend, credentials or network: each its own type)
-      raise WorkdirError(f"--workdir {workdir!r} cannot be reached: {type(e).__name__}: {e}") from None
+      hint = " (pip install 'mlc_jax[gcs]' installs gcsfs)" if isinstance(e, ImportError) else ""
+      raise WorkdirError(f"--workdir {workdir!r} cannot be reached: {type(e).__name__}: {e}{hint}") from None
     if is_file:
       raise WorkdirError(f"--workdir {workdir!r} is a file, not a directory")
     return
