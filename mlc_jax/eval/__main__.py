@@ -184,9 +184,10 @@ def main(argv=None) -> int:
     summary = evaluate.summarize_and_report(out, verdicts, seen_languages=seen, judge=judge, command=command,
                                             notes=notes)
     for lang, stats in summary["per_language"].items():
+      unread = f" ({stats['no_verdict']} judge replies without a verdict)" if stats["no_verdict"] else ""
       print(f"eval: {lang}: n {stats['n']}, safety {report.percent(stats['safety_rate'])} %, attack success "
-            f"{report.percent(stats['attack_success_rate'])} %, invalid {report.percent(stats['invalid_rate'])} % "
-            f"({stats['no_verdict']} judge replies without a verdict)")
+            f"{report.percent(stats['attack_success_rate'])} %, invalid {report.percent(stats['invalid_rate'])} %"
+            f"{unread}")
     print(f"eval: mean safety {100 * summary['mean_safety_rate']:.1f} % over {len(summary['languages'])} languages "
           f"(variance {summary['variance']:.2f}); report in {os.path.join(out, 'report.md')}")
 
