@@ -58,7 +58,8 @@ def set_wrapped_title(fig: Figure, title: str, *, fontsize: float = 9) -> None:
   """``fig``'s title, centred on the figure and broken into lines that fit its width (constrained layout makes room
   for it but never shrinks it)."""
   chars = int(fig.get_figwidth() * 72 / (0.62 * fontsize))  # a character is at most ~0.62 em wide in DejaVu Sans
-  fig.suptitle(textwrap.fill(title, width=max(chars, 20)), fontsize=fontsize)
+  lines = textwrap.wrap(title.replace(" %", "\N{NO-BREAK SPACE}%"), width=max(chars, 20))  # "28.3 %" stays whole
+  fig.suptitle("\n".join(lines).replace("\N{NO-BREAK SPACE}", " "), fontsize=fontsize)
 
 
 def safety_figure(summary: dict, *, title: str) -> Figure:
