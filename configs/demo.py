@@ -9,7 +9,8 @@ from mlc_jax.config import base_config
 
 
 def get_config(arg=None):
-  del arg
+  if arg:
+    raise ValueError(f"configs/demo.py takes no argument (got {arg!r}); set keys with --config.KEY=VALUE")
   c = base_config()
   c.model.preset = "tiny"
   c.data.source = "builtin"

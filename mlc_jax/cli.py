@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Callable
 
@@ -30,9 +32,14 @@ def run(body: Callable[[], int | None], exit_codes: dict[type[BaseException], in
     print(f"error: {e}", file=sys.stderr)
     return code
   except KeyboardInterrupt:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the line short
     print(f"\nerror: interrupted (Ctrl-C): {_command()} stopped before it finished; run the same "
           "command again", file=sys.stderr)
-    return INTERRUPTED_EXIT_CODE
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Every `with` and `finally` has run; the interpreter's teardown is skipped, since XLA's threads may still be
+    # running a computation the interrupted main thread dispatched (tearing them down crashed with SIGSEGV).
+    os._exit(INTERRUPTED_EXIT_CODE)
 
 
 def _command() -> str:

@@ -38,7 +38,7 @@ def parse_args(argv):
 
 def convert(from_hf: str, to_hf: str, *, dtype=jnp.float32, overwrite=False, check_tokens=16) -> float | None:
   """Converts and returns the max |Δlogit| between input and output (None when not checked)."""
-  from mlc_jax.data.tokenizer import check_fits_vocab, has_tokenizer_files, read_tokenizer
+  from mlc_jax.data.tokenizer import check_chat_template, check_fits_vocab, has_tokenizer_files, read_tokenizer
   from mlc_jax.models import load_hf, read_config, save_hf
   from mlc_jax.models.out_dir import check_output_dir
 
@@ -46,6 +46,7 @@ def convert(from_hf: str, to_hf: str, *, dtype=jnp.float32, overwrite=False, che
   vocab_size = read_config(from_hf)[0].vocab_size  # (names a missing folder or a broken JSON file first)
   tokenizer = read_tokenizer(from_hf) if has_tokenizer_files(from_hf) else None
   if tokenizer is not None:
+    check_chat_template(tokenizer, from_hf)
     check_fits_vocab(tokenizer, vocab_size, tokenizer_source=repr(from_hf),
                      model_source=repr(os.path.join(from_hf, "config.json")))
   start = time.time()

@@ -44,14 +44,21 @@ def load_run_config(workdir: str):
   """The RunConfig of the run in `workdir` (a local path or a URL; from its config.json)."""
   import ml_collections
 
-  from mlc_jax.config import RunConfig
+  from mlc_jax.config import ConfigError, RunConfig
 
   from mlc_jax.train.workdir import CONFIG_FILE, read_config
 
   saved = read_config(workdir)
   if saved is None:
     raise FileNotFoundError(f"{epath.Path(workdir) / CONFIG_FILE} is missing: {workdir!r} is not a training workdir")
-  return RunConfig.parse(ml_collections.ConfigDict(saved))
+  path = epath.Path(workdir) / CONFIG_FILE
+  if "model_type" in saved or "architectures" in saved:
+    raise ConfigError(f"{path} is a Hugging Face model's config: {workdir!r} is a model directory, not a training "
+                      "workdir (give the workdir the run was trained in)")
+  try:
+    return RunConfig.parse(ml_collections.ConfigDict(saved))
+  except ConfigError as e:
+    raise ConfigError(f"{path} is not the config of an mlc_jax training run: {str(e)[:300]}") from None
 
 
 def restore_params(workdir: str, step: int | None = None, *, mesh=None, to_host: bool = False) -> RestoredRun:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -44,9 +45,13 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   result that is not a ConfigDict) is a `ConfigError` naming the file and, where there is one, the line.
   """
   path, _, arg = spec.partition(":")
+  if os.path.isdir(path):
+    raise ConfigError(f"--config: {path!r} is a directory, not a config file")
   if not os.path.isfile(path):
     raise ConfigError(f"--config: file {path!r} does not exist")
-  module_spec = importlib.util.spec_from_file_location("_mlc_jax_config", path)
+  # Python source whatever the file's name ends with (a spec from the name alone has no loader for 'x.txt').
+  loader = importlib.machinery.SourceFileLoader("_mlc_jax_config", path)
+  module_spec = importlib.util.spec_from_file_location("_mlc_jax_config", path, loader=loader)
   module = importlib.util.module_from_spec(module_spec)
   with _raised_in(path):
     module_spec.loader.exec_module(module)

@@ -162,7 +162,8 @@ def load_tokenizer(path: str | os.PathLike | None) -> PreTrainedTokenizerBase:
     template.
 
     Raises:
-      FileNotFoundError, NotADirectoryError, ValueError: see `read_tokenizer`; ValueError: no chat template.
+      FileNotFoundError, NotADirectoryError, ValueError: see `read_tokenizer`; ValueError: no chat template, or one
+        that cannot render a system + user turn.
     """
     if path is None or (isinstance(path, str) and path == "byte"):
         return byte_tokenizer()
@@ -172,7 +173,26 @@ def load_tokenizer(path: str | os.PathLike | None) -> PreTrainedTokenizerBase:
             f"tokenizer at {os.fspath(path)!r} has no chat template; a chat template is required "
             "(prompts are rendered with apply_chat_template)"
         )
+    check_chat_template(tokenizer, path)
     return tokenizer
+
+
+def check_chat_template(tokenizer: PreTrainedTokenizerBase, path: str | os.PathLike) -> None:
+    """Renders a system + user turn with the chat template of the tokenizer read from `path`, if it has one, so that a
+    broken template is named with its file here rather than failing at the first prompt of a run.
+
+    Raises:
+      ValueError: naming the folder and the file the template is in.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return
+    try:
+        chat_prompts(tokenizer, ["hi"], system="hi")
+    except Exception as e:  # noqa: BLE001  (jinja2's syntax and runtime errors, transformers' own)
+        where = ("chat_template.jinja" if os.path.isfile(os.path.join(path, "chat_template.jinja"))
+                 else "tokenizer_config.json")
+        raise ValueError(f"tokenizer at {os.fspath(path)!r}: its chat template ({where}) cannot render a "
+                         f"conversation: {type(e).__name__}: {' '.join(str(e).split())}") from None
 
 
 def has_tokenizer_files(path: str | os.PathLike) -> bool:

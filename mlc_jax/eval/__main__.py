@@ -15,6 +15,7 @@ import math
 import os
 import shlex
 import sys
+import urllib.parse
 
 DEFAULT_MANUAL_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                                   "..", "shared", "data")
@@ -69,6 +70,15 @@ def judge_content(args) -> str | None:
   if args.judge == "api":
     if not args.judge_url or not args.judge_model:
       raise EvalError("--judge api needs --judge_url and --judge_model")
+    try:
+      url = urllib.parse.urlsplit(args.judge_url)
+    except ValueError:  # (e.g. an unclosed IPv6 bracket)
+      url = None
+    if url is None or url.scheme not in ("http", "https") or not url.netloc:
+      raise EvalError(f"--judge_url {args.judge_url!r} is not an http:// or https:// URL")
+    if not os.environ.get(args.judge_api_key_env):
+      raise EvalError(f"--judge api: set the environment variable {args.judge_api_key_env} to the API key of "
+                      f"{args.judge_url} (any value, e.g. EMPTY, for a server that needs none)")
     if args.judge_retries < 1:
       raise EvalError(f"--judge_retries {args.judge_retries} must be at least 1")
     if not math.isfinite(args.judge_timeout_s) or args.judge_timeout_s <= 0:

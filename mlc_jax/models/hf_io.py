@@ -57,8 +57,9 @@ def read_config(path: str) -> tuple[ModelConfig, Family]:
       json_file.read(os.path.join(path, name))
   try:
     hf_config = transformers.AutoConfig.from_pretrained(path, local_files_only=True)
-  except (ValueError, TypeError, KeyError, OSError) as e:
-    raise CheckpointError(f"{config_file} cannot be read by transformers ({type(e).__name__}: {e})") from None
+  except Exception as e:  # noqa: BLE001  (transformers' validation errors have types of their own)
+    raise CheckpointError(f"{config_file} cannot be read by transformers ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())})") from None
   return family.config_from_hf(hf_config), family
 
 

@@ -69,9 +69,11 @@ def staged(out_dir: str, *, overwrite: bool, needed_bytes: int, about: dict) -> 
   """
   out = os.path.realpath(out_dir)  # (a symlink to an export keeps pointing at the new one)
   parent, name = os.path.split(out)
-  os.makedirs(parent, exist_ok=True)
   created = not os.path.exists(out)
-  os.makedirs(out, exist_ok=True)
+  try:
+    os.makedirs(out, exist_ok=True)
+  except OSError as e:  # a file on the way, a read-only or pseudo file system
+    raise OSError(f"{out_dir!r} cannot be created: {e.strerror} ({e.filename})") from None
   handle, locked = os.open(out, os.O_RDONLY | os.O_DIRECTORY), False
   try:
     try:

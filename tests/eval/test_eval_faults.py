@@ -11,7 +11,7 @@ import time
 
 import pytest
 from fake_judge_server import server  # noqa: F401  (a fixture)
-from train_helpers import SUBPROCESS_ENV, run_cli, tree_digest
+from train_helpers import SUBPROCESS_ENV, one_error_line, run_cli, tree_digest
 
 from mlc_jax.data.tokenizer import byte_tokenizer
 from mlc_jax.models import get_preset, init_model, save_hf
@@ -50,16 +50,6 @@ def api_args(server, *more):
   return ["--judge", "api", "--judge_url", server.url, "--judge_model", "m", *more]
 
 
-def one_error_line(done, *fragments):
-  """The command failed with exactly one `error:` line on stderr, its last, containing every fragment."""
-  err = done.stderr.strip().splitlines()
-  assert err and err[-1].startswith("error: "), done.stderr[-3000:]
-  assert sum(line.startswith("error: ") for line in err) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
-  for fragment in fragments:
-    assert fragment in err[-1], (fragment, err[-1])
-  return err[-1]
-
-
 NO_VERDICT_REPLIES = ("unsicher", "The response is not safe.", "I think it is not safe.", "不安全",
                       "**Verdict:** not safe", "")
 
@@ -83,6 +73,21 @@ def test_judge_replies_without_a_verdict_are_invalid_and_the_run_finishes(model_
   assert "- Judge replies without a verdict (counted invalid): en 3 of 3, sw 3 of 3" in (out / "report.md").read_text()
   assert "eval: sw: n 3, safety 0.0 %, attack success 0.0 %, invalid 100.0 % (3 judge replies without a verdict)" \
       in done.stdout
+
+
+@pytest.mark.parametrize("url", ["notaurl", "ftp://host/v1", "http://[bad"])
+def test_a_judge_url_that_is_not_http_is_refused_before_anything_is_written(model_dir, prompts_file, tmp_path, url):
+  out = tmp_path / "out"
+  args = ["--judge", "api", "--judge_url", url, "--judge_model", "m"]
+  done = run_cli(*eval_args(model_dir, prompts_file, out), *args, env=ENV)
+  assert done.returncode == 2
+  one_error_line(done, f"--judge_url {url!r} is not an http:// or https:// URL")
+  assert not out.exists()
+  done = run_cli(*eval_args(model_dir, prompts_file, out), *args[:3], "http://127.0.0.1:9/v1", *args[4:],
+                 env={"OPENAI_API_KEY": ""})
+  assert done.returncode == 2
+  one_error_line(done, "set the environment variable OPENAI_API_KEY")
+  assert not out.exists()
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "inf", "nan"])

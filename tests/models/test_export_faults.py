@@ -260,3 +260,49 @@ def test_a_folder_without_usable_tokenizer_files_is_named(tmp_path, damage):
     fragments = (f"the tokenizer in {str(folder)!r}", damage)
   one_error_line(run_train(tmp_path / "w", f"tokenizer={folder}"), "tokenizer:", *fragments)
   assert not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("tool", ["convert", "generate"])
+def test_a_config_value_of_the_wrong_type_is_named(sharded, tmp_path, tool):
+  source = tmp_path / "hf"
+  shutil.copytree(sharded, source)
+  config = json.loads((source / "config.json").read_text())
+  (source / "config.json").write_text(json.dumps({**config, "hidden_size": str(config["hidden_size"])}))
+  done = (convert(source, tmp_path / "out") if tool == "convert"
+          else run_cli("-m", "mlc_jax.generate", "--model", source, "--prompt", "hi"))
+  assert done.returncode == 2
+  one_error_line(done, f"{source / 'config.json'} cannot be read by transformers", "hidden_size")
+  assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("where", ["chat_template.jinja", "tokenizer_config.json"])
+def test_a_chat_template_that_cannot_render_is_named_before_anything_is_written(sharded, tmp_path, where):
+  source = tmp_path / "hf"
+  shutil.copytree(sharded, source)
+  broken = "{% for m in messages %}{{ m.content "
+  if where == "chat_template.jinja":
+    (source / where).write_text(broken)
+  else:
+    (source / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((source / where).read_text())
+    (source / where).write_text(json.dumps({**config, "chat_template": broken}))
+  fragments = (f"tokenizer at {str(source)!r}: its chat template ({where}) cannot render", "TemplateSyntaxError")
+  done = convert(source, tmp_path / "out")
+  assert done.returncode == 2
+  one_error_line(done, *fragments)
+  assert not (tmp_path / "out").exists()
+  done = run_cli("-m", "mlc_jax.generate", "--model", source, "--prompt", "hi")
+  assert done.returncode == 2
+  one_error_line(done, *fragments)
+
+
+def test_a_model_folder_as_workdir_and_an_out_that_cannot_be_created_are_named(sharded, trained, tmp_path):
+  done = export(sharded, tmp_path / "new")
+  assert done.returncode == 2
+  one_error_line(done, f"{sharded / 'config.json'} is a Hugging Face model's config", "not a training workdir")
+  assert not (tmp_path / "new").exists()
+  (tmp_path / "afile").write_text("x")
+  done = export(trained, tmp_path / "afile" / "sub")
+  assert done.returncode == 2
+  one_error_line(done, f"{str(tmp_path / 'afile' / 'sub')!r} cannot be created", "Not a directory")
+  assert (tmp_path / "afile").read_text() == "x"

@@ -37,6 +37,21 @@ def test_a_config_file_that_does_not_load_is_one_line_naming_it(tmp_path, text, 
   one_error_line(done, str(path), message)
 
 
+def test_a_config_file_is_python_whatever_its_name_and_a_directory_or_an_unused_argument_is_refused(tmp_path):
+  renamed = tmp_path / "demo.txt"
+  renamed.write_text(open(DEMO).read())
+  done = run_cli("-m", "mlc_jax.config", "--config", renamed)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout == run_cli("-m", "mlc_jax.config", "--config", DEMO).stdout and "model.preset" in done.stdout
+  (tmp_path / "adir").mkdir()
+  done = run_cli("-m", "mlc_jax.config", "--config", tmp_path / "adir")
+  assert done.returncode == 2
+  one_error_line(done, f"--config: {str(tmp_path / 'adir')!r} is a directory, not a config file")
+  done = run_cli("-m", "mlc_jax.config", "--config", f"{DEMO}:bad=arg")
+  assert done.returncode == 2
+  one_error_line(done, "configs/demo.py takes no argument (got 'bad=arg')")
+
+
 @pytest.mark.parametrize("command", [["-m", "mlc_jax.train", "--workdir", "WORKDIR"],
                                      ["-m", "mlc_jax.compile", "--topology", "v5p:2x2x1"]])
 def test_every_command_with_a_config_names_a_broken_file(tmp_path, command):
