@@ -1,4 +1,5 @@
 """mlc_jax: multilingual safety alignment of LLMs in JAX/Flax NNX."""
-from mlc_jax import platforms
+from mlc_jax import cli, platforms
 
 platforms.select()  # before anything imports jax
+cli.exit_at_ctrl_c_before_run()

@@ -140,3 +140,50 @@ def test_ctrl_c_in_any_command_is_one_line_and_exit_130(tmp_path, command):
 def listing(path) -> list[str]:
   return sorted(os.path.relpath(os.path.join(root, name), path) for root, dirs, files in os.walk(path)
                 for name in dirs + files)
+
+
+@pytest.mark.parametrize("after_s", [0.3, 1.5])
+def test_ctrl_c_while_a_command_starts_is_one_line(tmp_path, after_s):
+  """While the command's modules import (before `cli.run`), or early in its body, Ctrl-C ends it with the line."""
+  process = start("-m", "mlc_jax.config", "--config", DEMO)
+  time.sleep(after_s)
+  done = interrupt(process)
+  if done.returncode == 0:  # (this machine imported and printed the config before the signal: nothing to test)
+    pytest.skip(f"the command finished within {after_s} s")
+  assert done.returncode == 130, done.stderr[-2000:]
+  one_error_line(done, "interrupted (Ctrl-C): python -m mlc_jax.config stopped before it")
+
+
+def test_a_ctrl_c_inside_a_garbage_collection_callback_is_sent_again():
+  """Python drops an exception raised in a gc callback (jax registers one); the handler sends the signal again."""
+  import gc
+  import threading
+
+  from mlc_jax import cli
+
+  delivered, raised = threading.Event(), []
+  previous = signal.signal(signal.SIGINT, lambda *_: delivered.set())
+
+  def callback(phase, info):
+    if phase == "start" and not raised:
+      try:
+        cli._raise_keyboard_interrupt(signal.SIGINT, sys._getframe())
+        raised.append(False)
+      except KeyboardInterrupt:
+        raised.append(True)
+
+  gc.callbacks.append(callback)
+  try:
+    gc.collect()
+  finally:
+    gc.callbacks.remove(callback)
+  try:
+    assert raised == [False]  # not raised where Python would drop it ...
+    deadline = time.time() + 10
+    while not delivered.is_set() and time.time() < deadline:
+      time.sleep(0.01)  # (the main thread runs Python signal handlers between these)
+    assert delivered.is_set()  # ... but delivered again
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  with pytest.raises(KeyboardInterrupt):  # anywhere else: Python's own Ctrl-C
+    cli._raise_keyboard_interrupt(signal.SIGINT, sys._getframe())
