@@ -1,4 +1,5 @@
 """Shared by the training tests: a small demo config, an in-process training loop, and the CLIs in subprocesses."""
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 from cpu_mesh import xla_flags
 from paths import ROOT
 
@@ -124,3 +126,15 @@ def tree_digest(path) -> str:
         h.update(f.read())
   return h.hexdigest()
 
+
+
+@contextlib.contextmanager
+def small_disk(path, size: str):
+  """A tmpfs of `size` (e.g. "2m") mounted at the new folder `path` for the block (the test is skipped unless root)."""
+  path.mkdir()
+  if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]).returncode:
+    pytest.skip("needs root to mount a small tmpfs")
+  try:
+    yield path
+  finally:
+    subprocess.run(["umount", "-l", str(path)])

@@ -32,6 +32,12 @@ def fingerprint(root: epath.PathLike, paths: Iterable[epath.PathLike] | None = N
   return {str(p.relative_to(root)): file_digest(p) for p in sorted(paths)}
 
 
+def model_fingerprint(folder: epath.PathLike) -> dict[str, dict]:
+  """`fingerprint` of what loading an HF model directory reads as the model: config.json and its safetensors files."""
+  folder = epath.Path(folder)
+  return fingerprint(folder, [p for p in folder.iterdir() if p.name == "config.json" or p.name.endswith(".safetensors")])
+
+
 def changes(old: dict[str, dict], new: dict[str, dict]) -> str:
   """What differs between two fingerprints, e.g. ``"changed: a.json (180 → 60 bytes); added: b.csv"``."""
   changed = [f"{k} ({old[k]['size']} → {new[k]['size']} bytes)" for k in sorted(old.keys() & new.keys())

@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from mlc_jax import cli
-from mlc_jax.eval.report import (SUMMARY_FILE, UNSEEN_HATCH, format_pag, percent, save_png, split_of,
-                                 write_atomically)
+from mlc_jax.atomic_file import write_atomically
+from mlc_jax.eval.report import SUMMARY_FILE, UNSEEN_HATCH, format_pag, percent, save_png, split_of
 
 COMPARISON_FILES = ("comparison.md", "comparison.json", "comparison.png")
 

@@ -23,7 +23,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from mlc_jax.eval.report import save_png, set_wrapped_title, write_atomically
+from mlc_jax.atomic_file import write_atomically
+from mlc_jax.eval.report import save_png, set_wrapped_title
 from mlc_jax.losses.mlc import sigma1_share
 
 ROW_NORM_EPS = 1e-12  # as in the MLC loss: z / (|z| + eps); a zero row stays zero

@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from mlc_jax.atomic_file import write_atomically
+from mlc_jax.data.fingerprint import model_fingerprint
 from mlc_jax.data.languages import resolve_languages
 from mlc_jax.data.prompts import prompt_table
 from mlc_jax.eval import metrics, report
@@ -105,14 +107,7 @@ def load_prompts(dataset: str, langs, *, limit: int | None, manual_dir: str, dat
 
 def model_hash(directory: str) -> str:
   """SHA-256 of an HF model directory's config and weights (the files' bytes), for the cache key."""
-  h = hashlib.sha256()
-  names = sorted(n for n in os.listdir(directory) if n.endswith(".safetensors") or n == "config.json")
-  for name in names:
-    h.update(name.encode())
-    with open(os.path.join(directory, name), "rb") as f:
-      for chunk in iter(lambda: f.read(1 << 24), b""):
-        h.update(chunk)
-  return h.hexdigest()[:24]
+  return hashlib.sha256(json.dumps(model_fingerprint(directory), sort_keys=True).encode()).hexdigest()[:24]
 
 
 def tokenizer_hash(tokenizer) -> str:
@@ -186,7 +181,7 @@ def check_out(out: str, identity: dict) -> None:
   if os.path.isdir(out) and os.listdir(out):
     raise EvalError(f"--out {out!r} is not empty and holds no {EVAL_FILE}; use a new --out")
   os.makedirs(out, exist_ok=True)
-  report.write_atomically(path, json.dumps(identity, indent=2, ensure_ascii=False).encode())
+  write_atomically(path, json.dumps(identity, indent=2, ensure_ascii=False).encode())
 
 
 def generate_all(out: str, prompts: Sequence[EvalPrompt], generate: Callable[[list[str]], list], *,

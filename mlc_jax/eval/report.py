@@ -19,12 +19,13 @@ from __future__ import annotations
 import io
 import json
 import textwrap
-import uuid
 from collections.abc import Sequence
 
 from etils import epath
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
+
+from mlc_jax.atomic_file import write_atomically
 
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
@@ -84,19 +85,6 @@ def safety_figure(summary: dict, *, title: str) -> Figure:
   handles.append(Patch(facecolor="white", edgecolor="black", hatch=UNSEEN_HATCH, label="* unseen language"))
   ax.legend(handles=handles + [mean_line], fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
   return fig
-
-
-def write_atomically(path: str, data: bytes) -> None:
-  """Writes `data` to `path` (a local path or a URL) through a temporary sibling renamed over it."""
-  target = epath.Path(path)
-  tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
-  try:
-    tmp.write_bytes(data)
-    tmp.replace(target)
-  except BaseException:
-    if tmp.exists():
-      tmp.unlink()
-    raise
 
 
 def save_png(fig: Figure, path: str) -> None:

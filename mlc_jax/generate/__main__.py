@@ -18,9 +18,9 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 from mlc_jax import cli
+from mlc_jax.atomic_file import write_atomically
 from mlc_jax.generate.sampling import SamplingSettings
 
 PROMPT_SUFFIXES = (".txt", ".jsonl")
@@ -94,19 +94,6 @@ def load(args):
   return source.model, source.tokenizer
 
 
-def write_atomically(path: str, lines: list[str]):
-  """Writes `lines` to `path` through a temporary file in the same directory, renamed into place."""
-  directory = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(prefix=".tmp-generate-", dir=directory)
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.writelines(line + "\n" for line in lines)
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise
-
-
 def run(args) -> list[dict]:
   settings = SamplingSettings(args.max_new_tokens, args.temperature, args.top_k, args.top_p)  # checks them
   records = [{"prompt": args.prompt}] if args.prompt is not None else read_prompts(args.prompts)
@@ -134,7 +121,7 @@ def main(argv=None) -> int:
     results = run(args)
     lines = [json.dumps(r, ensure_ascii=False) for r in results]
     if args.out is not None:
-      write_atomically(args.out, lines)
+      write_atomically(args.out, "".join(line + "\n" for line in lines).encode())
       print(f"wrote {len(lines)} responses to {args.out}")
     elif args.prompt is not None:
       print(results[0]["response"])

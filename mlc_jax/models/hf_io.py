@@ -22,7 +22,7 @@ from mlc_jax import json_file
 from mlc_jax.models.config import ModelConfig
 from mlc_jax.models.decoder import Decoder
 from mlc_jax.models.families import Family, ParamRule, family_for
-from mlc_jax.models.out_dir import EXPORT_MARKER, check_output_dir, staged
+from mlc_jax.models.out_dir import check_output_dir, staged
 from mlc_jax.parallel import sharding as sharding_lib
 
 SAFE_WEIGHTS = "model.safetensors"
@@ -232,7 +232,7 @@ def save_hf(model: Decoder, out_dir: str, tokenizer=None, *, dtype=None, overwri
 
   The directory is built whole beside `out_dir` and swapped in (`out_dir.staged`: one writer at a time, the process
   umask, a failure or Ctrl-C never leaves a half-written or clobbered `out_dir`); an existing non-empty `out_dir` is
-  refused unless `overwrite=True` and it holds a previous export (`EXPORT_MARKER`): an arbitrary directory is never
+  refused unless `overwrite=True` and it holds a previous export (`out_dir.EXPORT_MARKER`): an arbitrary directory is never
   replaced.
   """
   check_output_dir(out_dir, overwrite=overwrite)
@@ -242,7 +242,7 @@ def save_hf(model: Decoder, out_dir: str, tokenizer=None, *, dtype=None, overwri
 
 
 def export_about(model: Decoder, **more) -> dict:
-  """What `EXPORT_MARKER` records of an export of `model`."""
+  """What `out_dir.EXPORT_MARKER` records of an export of `model`."""
   return {"written_by": "mlc_jax", "family": model.cfg.family, **more}
 
 

@@ -15,27 +15,21 @@ import numpy as np
 from etils import epath
 from tqdm import tqdm
 
-from mlc_jax.data.fingerprint import fingerprint
+from mlc_jax.data.fingerprint import model_fingerprint
 from mlc_jax.train.step import batch_sharding, to_device
-
-
-def _weights_fingerprint(hf_path: str) -> dict:
-  """The fingerprint (size, SHA-256) of what `load_hf` reads from `hf_path`: config.json and the safetensors files."""
-  folder = epath.Path(hf_path)
-  return fingerprint(folder, [p for p in folder.iterdir() if p.name == "config.json" or ".safetensors" in p.name])
 
 
 def cache_key(model_identity: dict, data, input_keys: Sequence[str]) -> str:
   """sha256 over the model's identity (architecture, dtypes, init seed, …), the content of its weights, and the input
   arrays (with their shapes and dtypes).
 
-  `model_identity["hf_path"]`, when set, stands for the content of that checkpoint (`_weights_fingerprint`), not
+  `model_identity["hf_path"]`, when set, stands for the content of that checkpoint (`data.fingerprint.model_fingerprint`), not
   its path: a checkpoint replaced at the same path gives a new key. The tokenized arrays already encode the data,
   the tokenizer and the length limits, so a change to any of them gives a new key and a stale cache is never read.
   """
   identity = dict(model_identity)
   if identity.get("hf_path"):
-    identity["hf_path"] = _weights_fingerprint(identity["hf_path"])
+    identity["hf_path"] = model_fingerprint(identity["hf_path"])
   h = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode())
   for key in input_keys:
     array = np.ascontiguousarray(getattr(data, key))

@@ -21,6 +21,8 @@ import uuid
 
 from etils import epath
 
+from mlc_jax.atomic_file import write_atomically
+
 CONFIG_FILE = "config.json"
 LOCK_FILE = ".lock"
 # A URL workdir's lock (`HeartbeatLock`): renewed every HEARTBEAT_S, taken over once STALE_S old; read back SETTLE_S
@@ -80,10 +82,7 @@ def read_config(workdir: str) -> dict | None:
 
 def write_config(workdir: str, text: str) -> None:
   """Writes config.json atomically (a killed write never leaves half a file)."""
-  path = epath.Path(workdir) / CONFIG_FILE
-  tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-  tmp.write_text(text)
-  tmp.replace(path)
+  write_atomically(epath.Path(workdir) / CONFIG_FILE, text.encode())
 
 
 def lock(workdir: str, *, primary: bool = True):

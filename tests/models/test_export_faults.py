@@ -18,7 +18,7 @@ import torch
 import transformers
 from paths import ROOT
 from safetensors.numpy import load_file, save_file
-from train_helpers import SUBPROCESS_ENV, one_error_line, run_cli, run_train, tree_digest
+from train_helpers import SUBPROCESS_ENV, one_error_line, run_cli, run_train, small_disk, tree_digest
 
 from mlc_jax.data.tokenizer import byte_tokenizer
 from mlc_jax.models import get_preset, init_model, save_hf
@@ -200,12 +200,8 @@ def test_a_second_export_to_the_same_folder_is_refused_while_the_first_runs(trai
 @pytest.fixture
 def small_tmpfs(tmp_path):
   """A 2 MiB tmpfs: room for one export of the tiny model (it needs 1.6 MiB free), not two (root only)."""
-  mount = tmp_path / "small_disk"
-  mount.mkdir()
-  if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)]).returncode:
-    pytest.skip("needs root to mount a small tmpfs")
-  yield mount
-  subprocess.run(["umount", "-l", str(mount)])
+  with small_disk(tmp_path / "small_disk", "2m") as mount:
+    yield mount
 
 
 def test_a_full_disk_or_an_unreachable_workdir_is_one_line_and_leaves_the_old_export(trained, small_tmpfs, tmp_path):

@@ -13,7 +13,7 @@ import sys
 import pytest
 from paths import ROOT
 from tensorboardX.proto import event_pb2
-from train_helpers import DEMO, one_error_line, run_cli, run_train
+from train_helpers import DEMO, one_error_line, run_cli, run_train, small_disk
 
 from mlc_jax.train.metrics import MetricsWriter
 
@@ -93,17 +93,11 @@ def test_a_run_shorter_than_log_every_logs_its_last_step(tmp_path):
 
 
 def test_a_full_disk_before_the_first_checkpoint_says_there_is_none(tmp_path):
-  mount = tmp_path / "tiny_disk"
-  mount.mkdir()
-  if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)]).returncode:
-    pytest.skip("needs root to mount a small tmpfs")
-  try:
+  with small_disk(tmp_path / "tiny_disk", "1m") as mount:
     done = run_train(mount / "w", "checkpoint.async_save=False")
-    assert done.returncode == 1
-    one_error_line(done, "no space left on the device of", "there is no complete checkpoint yet")
-    assert "step None" not in done.stderr
-  finally:
-    subprocess.run(["umount", "-l", str(mount)])
+  assert done.returncode == 1
+  one_error_line(done, "no space left on the device of", "there is no complete checkpoint yet")
+  assert "step None" not in done.stderr
 
 
 def run_without_jax_platforms(*args) -> subprocess.CompletedProcess:

@@ -15,7 +15,7 @@ import pytest
 from cpu_mesh import xla_flags
 from paths import SHARED_DATA
 from safetensors.numpy import load_file, save_file
-from train_helpers import DEMO, SMALL, SUBPROCESS_ENV, one_error_line, run_cli, run_train, tree_digest
+from train_helpers import DEMO, SMALL, SUBPROCESS_ENV, one_error_line, run_cli, run_train, small_disk, tree_digest
 
 from mlc_jax.config import Section
 from mlc_jax.config.run import SECTIONS, TopLevel
@@ -220,12 +220,8 @@ def test_restore_step_picks_a_checkpoint(trained, tmp_path):
 @pytest.fixture
 def small_tmpfs(tmp_path):
   """A 4 MiB tmpfs: room for one checkpoint of the small demo model, not two (root only)."""
-  mount = tmp_path / "small_disk"
-  mount.mkdir()
-  if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)]).returncode:
-    pytest.skip("needs root to mount a small tmpfs")
-  yield mount
-  subprocess.run(["umount", "-l", str(mount)])
+  with small_disk(tmp_path / "small_disk", "4m") as mount:
+    yield mount
 
 
 def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_previous_checkpoint_survives(small_tmpfs):
